@@ -1,0 +1,4 @@
+"""Allows `python3 -m ductile_lib`."""
+from ductile_lib.cli import main
+
+raise SystemExit(main())
