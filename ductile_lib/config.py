@@ -37,6 +37,7 @@ class Issue:
     field: str = ""
     location: str = ""  # "file:line" where the offending value is written
     severity: str = "error"
+    blocks_start: bool = True  # False: reported by `config check`, only a WARN at start
 
     def text(self) -> str:
         """The message with its location, as printed to operators."""

@@ -72,7 +72,7 @@ def _plugin_issues(cfg: Config, discovery) -> list:
                                     severity="warning"))
         for key in plugins.missing_config_keys(found, dict(entry.config)):
             issues.append(Issue("plugin_refs", 'plugin "%s" missing required config key "%s"' % (name, key),
-                                "plugins.%s.config" % name))
+                                "plugins.%s.config" % name, blocks_start=False))
     return issues
 
 
@@ -94,7 +94,7 @@ def _scope_issues(cfg: Config, discovery) -> list:
         for scope in scopes:
             severity, message = classify_scope(scope, known)
             if severity:
-                issues.append(Issue("token_scopes", message, field, severity=severity))
+                issues.append(Issue("token_scopes", message, field, severity=severity, blocks_start=False))
     return issues
 
 

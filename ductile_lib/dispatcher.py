@@ -1,0 +1,329 @@
+"""The worker pool: claim queued jobs and run them (spec 20 §4).
+
+One dispatcher thread claims jobs while fewer than ``max_workers`` run and
+hands each to a worker thread.  It sleeps on a condition until something
+can change the answer — an in-process enqueue, a worker finishing, the
+earliest retry time, a reload or the housekeeping tick (E10) — so an idle
+gateway uses no CPU.
+"""
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from datetime import timedelta
+from typing import Callable, Optional
+
+from ductile_lib import runner
+from ductile_lib.logs import get_logger
+from ductile_lib.queue import JobNotRunning
+from ductile_lib.state import StateError
+from ductile_lib.timefmt import format_ts, utc_now
+
+
+class Dispatcher:
+    """Claims and runs jobs under the runtime current at claim time."""
+
+    def __init__(self, runtime: Callable, queue, state, hub, *, on_terminal: Callable = None,
+                 extra_writes: Callable = None, clock=utc_now, log=None):
+        self._runtime = runtime  # () -> Runtime; read at each claim
+        self.queue = queue
+        self.state = state
+        self.hub = hub
+        self.on_terminal = on_terminal  # (job, status) -> None; the scheduler's outcome hook
+        self.extra_writes = extra_writes  # (conn, job) inside the terminal transaction (routing)
+        self.clock = clock
+        self.log = log or get_logger("dispatch")
+        self._cond = threading.Condition()
+        self._dirty = True
+        self._intake = True
+        self._stopping = False
+        self._active = 0
+        self._running: dict = {}  # job id -> runner.Cancellation
+        self._cancelled: set = set()  # job ids whose row was already ended by someone else
+        self._thread: Optional[threading.Thread] = None
+
+    # --- lifecycle ---------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="dispatcher", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Something may be claimable now (enqueue, tick, reload)."""
+        with self._cond:
+            self._dirty = True
+            self._cond.notify_all()
+
+    def stop_intake(self) -> None:
+        """Claim nothing more; in-flight jobs carry on (shutdown step 1)."""
+        with self._cond:
+            self._intake = False
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def drain(self, timeout_s: float) -> bool:
+        """Wait until no job runs, at most ``timeout_s``; True when drained."""
+        deadline = time.monotonic() + max(0.0, timeout_s)
+        with self._cond:
+            while self._active:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def interrupt_all(self) -> list:
+        """Terminate every running plugin; their jobs go back to ``queued``."""
+        with self._cond:
+            cancellations = list(self._running.items())
+        for _, cancellation in cancellations:
+            cancellation.cancel()
+        return [job_id for job_id, _ in cancellations]
+
+    def terminate(self, job_id: str) -> bool:
+        """Stop a job whose row another component already ended (if_running=cancel)."""
+        with self._cond:
+            self._cancelled.add(job_id)
+            cancellation = self._running.get(job_id)
+        if cancellation is None:
+            return False
+        cancellation.cancel()
+        return True
+
+    def active_count(self) -> int:
+        with self._cond:
+            return self._active
+
+    # --- the claim loop ------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            timeout = self._seconds_until_next_retry()
+            with self._cond:
+                if not self._dirty and not self._stopping:
+                    self._cond.wait(timeout)
+                if self._stopping:
+                    return
+                self._dirty = False
+            try:
+                self._fill_slots()
+            except Exception as exc:  # a DB hiccup must not kill the pool
+                self.log.error("claim failed", error=str(exc))
+                self._sleep_briefly()
+
+    def _sleep_briefly(self) -> None:
+        with self._cond:
+            self._cond.wait(1.0)
+
+    def _seconds_until_next_retry(self) -> Optional[float]:
+        try:
+            due = self.queue.next_retry_at()
+        except Exception:
+            return 5.0
+        if due is None:
+            return None
+        return max(0.0, (due - self.clock()).total_seconds()) + 0.001
+
+    def _fill_slots(self) -> None:
+        runtime = self._runtime()
+        while True:
+            with self._cond:
+                if not self._intake or self._active >= runtime.max_workers:
+                    return
+            job = self.queue.claim(runtime.parallelism, runtime.snapshot_id)
+            if job is None:
+                return
+            cancellation = runner.Cancellation()
+            with self._cond:
+                self._active += 1
+                self._running[job.id] = cancellation
+            worker = threading.Thread(target=self._work, args=(job, runtime, cancellation),
+                                      name="job-%s" % job.id[:8], daemon=True)
+            worker.start()
+
+    def _work(self, job, runtime, cancellation) -> None:
+        try:
+            JobExecution(self, job, runtime, cancellation).run()
+        except JobNotRunning:
+            self.log.info("job was ended elsewhere while it ran (cancel or reload)", job_id=job.id)
+        except Exception as exc:
+            self.log.error("job crashed inside the gateway", job_id=job.id, error=str(exc),
+                           traceback=traceback.format_exc())
+            self._end_after_crash(job, exc)
+        finally:
+            with self._cond:
+                self._active -= 1
+                self._running.pop(job.id, None)
+                self._cancelled.discard(job.id)
+                self._dirty = True
+                self._cond.notify_all()
+
+    def _end_after_crash(self, job, exc: Exception) -> None:
+        """Every accepted job reaches a terminal state, even after our own bug."""
+        try:
+            current = self.queue.get(job.id)
+            if current is not None and current.status == "running":
+                self.queue.complete(current, "failed", last_error="internal error: %s" % exc)
+        except Exception as inner:
+            self.log.error("could not fail crashed job", job_id=job.id, error=str(inner))
+
+    def was_cancelled(self, job_id: str) -> bool:
+        with self._cond:
+            return job_id in self._cancelled
+
+
+class JobExecution:
+    """The per-job sequence of spec 20 §4.3 for one claimed job."""
+
+    def __init__(self, dispatcher: Dispatcher, job, runtime, cancellation):
+        self.d = dispatcher
+        self.job = job
+        self.runtime = runtime
+        self.cancellation = cancellation
+        self.service_name = runtime.config.service.name
+        self.log = dispatcher.log.bind(job_id=job.id, plugin=job.plugin, command=job.command)
+        self.started = time.monotonic()
+        self.poll_event = job.command == "poll" and job.submitted_by == self.service_name
+
+    def run(self) -> None:
+        job = self.job
+        self.log.info("job started", attempt=job.attempt)
+        if self.poll_event:
+            self._publish("poll.started", schedule_id=self._schedule_id(), submitted_by=job.submitted_by,
+                          attempt=job.attempt)
+        self.d.hub.publish("job.started", {"job_id": job.id, "plugin": job.plugin, "command": job.command,
+                                           "attempt": job.attempt, "parent_job_id": job.parent_job_id or "",
+                                           "submitted_by": job.submitted_by})
+        self._publish("job.preflight", decision="run", reason="")
+        plugin, entry = self.runtime.plugin(job.plugin), self.runtime.plugin_config(job.plugin)
+        if plugin is None or entry is None:
+            return self._end("dead", "plugin removed")
+        if not entry.enabled:
+            return self._end("dead", 'plugin "%s" is disabled' % job.plugin)
+        if not plugin.has_command(job.command):
+            return self._end("failed", 'plugin "%s" does not support command "%s"' % (job.plugin, job.command))
+        try:
+            state = self.d.state.get_state(job.plugin)
+        except StateError as exc:
+            return self._end("failed", str(exc))
+        request = self._request(entry, state)
+        if isinstance(request, str):
+            return self._end("failed", request)
+        self._execute(plugin, entry, request)
+
+    def _request(self, entry, state: dict):
+        """The protocol request, or an error text that fails the job."""
+        job = self.job
+        context = {"ductile_plugin": job.plugin}
+        event = None
+        if job.command == "handle" and job.payload:
+            event, error = runner.build_handle_event(job.payload, context,
+                                                     lenient=job.submitted_by.startswith("webhook:"))
+            if error:
+                return error
+        deadline = self.d.clock() + timedelta(seconds=entry.timeout_for(job.command).seconds)
+        return runner.build_request(job.id, job.command, dict(entry.config), state, job.payload, context, event,
+                                    format_ts(deadline))
+
+    def _execute(self, plugin, entry, request: dict) -> None:
+        job = self.job
+        timeout = entry.timeout_for(job.command)
+        self.log.info("plugin executing", entrypoint=plugin.entrypoint, timeout=int(timeout))
+        result = runner.run_plugin(plugin.entrypoint, request, timeout.seconds, log=self.log,
+                                   on_spawn=self._on_spawn, cancel=self.cancellation)
+        if result.outcome == "interrupted":
+            if not self.d.was_cancelled(job.id):
+                self.d.queue.requeue_interrupted(job)
+                self.log.warn("job interrupted by shutdown; re-queued")
+            return
+        if result.outcome == "ok":
+            return self._succeed(plugin, result)
+        self._fail(entry, result)
+
+    def _on_spawn(self, pid: int) -> None:
+        self._publish("plugin.spawned", pid=pid)
+
+    def _succeed(self, plugin, result) -> None:
+        job = self.job
+        updates = (result.response or {}).get("state_updates")
+        if isinstance(updates, dict) and updates:
+            try:
+                self.d.state.apply_updates(job.plugin, job.command, job.id, updates,
+                                           plugin.fact_rules_for(job.command))
+            except StateError as exc:
+                return self._end("failed", str(exc), result=result.stdout, stderr=result.stderr)
+        self.d.queue.complete(job, "succeeded", result=result.stdout, stderr=result.stderr,
+                              extra_writes=self.d.extra_writes)
+        self.d.hub.publish("job.completed", {"job_id": job.id, "plugin": job.plugin, "status": "succeeded",
+                                             "duration_ms": self._duration_ms()})
+        self._finished("succeeded")
+
+    def _fail(self, entry, result) -> None:
+        job = self.job
+        outcome = self.d.queue.fail(job, result.error, retryable=result.retryable, reason=result.reason,
+                                    backoff_base_s=entry.backoff_base.seconds, result=result.stdout or None,
+                                    stderr=result.stderr or None, timed_out=result.outcome == "timeout",
+                                    extra_writes=self.d.extra_writes)
+        if outcome.status == "queued":
+            self.d.hub.publish("job.retry_scheduled", {
+                "job_id": job.id, "attempt": job.attempt, "max_attempts": job.max_attempts,
+                "retry_count": job.attempt, "max_retries": job.max_attempts, "retry_policy_owner": "core",
+                "plugin_retry_field": "v2_boundary_compatibility_signal", "backoff_ms": outcome.backoff_ms,
+                "backoff_schedule": [outcome.backoff_ms], "next_retry_at": outcome.next_retry_at,
+                "reason": result.reason})
+            self._finished("queued", error=result.error)
+            return
+        self.d.hub.publish("job.retry_exhausted", {
+            "job_id": job.id, "attempts": job.attempt, "final_error": result.error,
+            "reason": "attempts_exhausted" if result.retryable else result.reason,
+            **({"retry_decision_reason": result.reason} if result.retryable else {}),
+            "retry_policy_owner": "core", "plugin_retry_field": "v2_boundary_compatibility_signal"})
+        self._publish_terminal(outcome.status, result.error, timed_out=result.outcome == "timeout")
+        self._finished(outcome.status, error=result.error)
+
+    def _end(self, status: str, error: str, result=None, stderr=None) -> None:
+        """A terminal outcome decided before or around the plugin run (no retry)."""
+        self.d.queue.complete(self.job, status, last_error=error, result=result, stderr=stderr,
+                              extra_writes=self.d.extra_writes)
+        if result is None:
+            self.log.warn("job ended without running", status=status, error=error)
+        self._publish_terminal(status, error)
+        self._finished(status, error=error)
+
+    def _publish_terminal(self, status: str, error: str, timed_out: bool = False) -> None:
+        job = self.job
+        kind, text = ("job.timed_out", "Job timed out [%s]" % job.plugin) if timed_out else \
+            ("job.failed", "Job failed [%s]: %s" % (job.plugin, error) if error else "Job failed [%s]" % job.plugin)
+        self.d.hub.publish(kind, {"job_id": job.id, "plugin": job.plugin, "status": status,
+                                  "duration_ms": self._duration_ms(), "error": error or "", "message": text,
+                                  "text": text})
+
+    def _finished(self, status: str, error: str = None) -> None:
+        job = self.job
+        if self.poll_event:
+            data = {"schedule_id": self._schedule_id(), "submitted_by": job.submitted_by, "attempt": job.attempt,
+                    "status": status, "outcome": status, "duration_ms": self._duration_ms()}
+            if error:
+                data["error"] = error
+            self._publish("poll.completed", **data)
+        if status != "queued" and self.d.on_terminal is not None:
+            try:
+                self.d.on_terminal(job, status)
+            except Exception as exc:
+                self.log.error("terminal hook failed", error=str(exc))
+        self.log.info("job completed", status=status, duration="%.3fs" % (time.monotonic() - self.started))
+
+    def _publish(self, event_type: str, **data) -> None:
+        job = self.job
+        self.d.hub.publish(event_type, {"job_id": job.id, "plugin": job.plugin, "command": job.command, **data})
+
+    def _schedule_id(self) -> str:
+        prefix = "%s:%s:" % (self.job.plugin, self.job.command)
+        key = self.job.dedupe_key or ""
+        return key[len(prefix):] if key.startswith(prefix) else ""
+
+    def _duration_ms(self) -> int:
+        return int((time.monotonic() - self.started) * 1000)
