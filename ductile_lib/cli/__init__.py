@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import sys
 
-from ductile_lib.cli import config_cmd, plugin_cmd, version_cmd
+from ductile_lib.cli import config_cmd, job_cmd, plugin_cmd, system_cmd, version_cmd
 from ductile_lib.cli.common import (EXIT_CONFIG, EXIT_OK, EXIT_USAGE, CliError, Parser, UsageError,
                                     report_error)
 from ductile_lib.config_load import ConfigError
 
 NOUNS = {
+    "system": system_cmd.ACTIONS,
     "config": config_cmd.ACTIONS,
+    "job": job_cmd.ACTIONS,
     "plugin": plugin_cmd.ACTIONS,
 }
 _HELP_WORDS = ("help", "-h", "--help")
