@@ -154,6 +154,7 @@ class Dispatcher:
                            traceback=traceback.format_exc())
             self._end_after_crash(job, exc)
         finally:
+            cancellation.close()
             with self._cond:
                 self._active -= 1
                 self._running.pop(job.id, None)

@@ -64,12 +64,25 @@ class Scheduler:
 
     # --- lifecycle -------------------------------------------------------------
 
-    def start(self) -> None:
-        """Process-start work (after re-arm, outcomes, catch-up), then the loop."""
+    def start(self, background: bool = True) -> None:
+        """Process-start work (after re-arm, outcomes, catch-up), then the loop.
+
+        ``background=False`` skips the thread so a caller (a test with a fake
+        clock) can drive passes itself with :meth:`run_once`.
+        """
         self._process_start = self.clock()
         self._startup(self._process_start)
-        self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
-        self._thread.start()
+        self.run_once()
+        if background:
+            self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
+            self._thread.start()
+
+    def run_once(self) -> None:
+        """One pass: the tick if due, then every entry that is due or flagged."""
+        with self._cond:
+            evaluate_all, dirty = self._evaluate_all, set(self._dirty)
+            self._evaluate_all, self._dirty = False, set()
+        self._wake(evaluate_all, dirty)
 
     def stop(self) -> None:
         with self._cond:
@@ -113,10 +126,8 @@ class Scheduler:
                     self._cond.wait(timeout)
                 if self._stopping:
                     return
-                evaluate_all, dirty = self._evaluate_all, set(self._dirty)
-                self._evaluate_all, self._dirty = False, set()
             try:
-                self._wake(evaluate_all, dirty)
+                self.run_once()
             except Exception as exc:
                 self.log.error("scheduler pass failed", error=str(exc), traceback=traceback.format_exc())
                 with self._cond:
