@@ -629,6 +629,53 @@ def _make_private_dirs(directory: Path) -> None:
             pass
 
 
+CHECKPOINT_EVERY_COMMITS = 200
+
+
+class _Checkpointer:
+    """Moves WAL pages into the database file off the writer's path.
+
+    SQLite's automatic checkpoint runs inside whichever COMMIT crosses the
+    threshold, fsync included, so one job in a few hundred paid for
+    everyone.  Here the writer only counts commits and sets an event; this
+    thread (idle otherwise, waiting on the event) runs a PASSIVE
+    checkpoint, which never blocks writers or readers.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._wanted = threading.Event()
+        self._stopping = False
+        self._thread: Optional[threading.Thread] = None
+
+    def request(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="wal-checkpoint", daemon=True)
+            self._thread.start()
+        self._wanted.set()
+
+    def _run(self) -> None:
+        conn = connect(self.path)
+        try:
+            while True:
+                self._wanted.wait()
+                self._wanted.clear()
+                if self._stopping:
+                    return
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error:
+                    pass  # retried after the next batch of commits
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wanted.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+
 class Database:
     """The queue and state database: one locked writer, pooled readers.
 
@@ -654,8 +701,11 @@ class Database:
             raise DatabaseError("create database directory %s: %s" % (self.path.parent, error)) from None
         try:
             self._writer = connect(self.path)
+            self._writer.execute("PRAGMA wal_autocheckpoint = 0").fetchall()
         except sqlite3.Error as error:
             raise DatabaseError("open database %s: %s" % (self.path, error)) from None
+        self._checkpointer = _Checkpointer(self.path)
+        self._commits = 0
         self.notes = self._prepare(on_info)
 
     def _prepare(self, on_info: Optional[InfoCallback]) -> List[str]:
@@ -695,11 +745,18 @@ class Database:
             try:
                 yield self._writer
                 self._writer.execute("COMMIT")
+                self._count_commit()
             except BaseException:
                 self._rollback(self._writer)
                 raise
             finally:
                 self._write_depth = 0
+
+    def _count_commit(self) -> None:
+        self._commits += 1
+        if self._commits >= CHECKPOINT_EVERY_COMMITS:
+            self._commits = 0
+            self._checkpointer.request()
 
     @contextmanager
     def _savepoint(self) -> Iterator[None]:
@@ -774,7 +831,12 @@ class Database:
             raise DatabaseError("database %s is closed" % self.path)
 
     def close(self) -> None:
-        """Close the writer and idle readers; readers in use close on return."""
+        """Close the writer and idle readers; readers in use close on return.
+
+        A final TRUNCATE checkpoint folds the WAL back into the database file.
+        """
+        if hasattr(self, "_checkpointer"):
+            self._checkpointer.stop()
         with self._write_lock:
             with self._readers_lock:
                 if self._closed:
@@ -783,6 +845,10 @@ class Database:
                 idle, self._idle_readers = self._idle_readers, []
             for conn in idle:
                 conn.close()
+            try:
+                self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            except sqlite3.Error:
+                pass  # another process still reads: its own close will checkpoint
             self._writer.close()
 
     @property

@@ -144,4 +144,5 @@ class EventHub:
 
 def _timestamp_ns(moment) -> str:
     """UTC RFC 3339 with a 9-digit fraction (microseconds padded)."""
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + "%06d000Z" % moment.microsecond
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%06d000Z" % (moment.year, moment.month, moment.day, moment.hour,
+                                                      moment.minute, moment.second, moment.microsecond)

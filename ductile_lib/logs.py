@@ -87,7 +87,8 @@ class Logger:
         return Logger(self.component, self.sink, **{**self.bound, **fields})
 
     def log(self, level: str, msg: str, **fields) -> None:
-        self.sink.emit(level, self.component, msg, {**self.bound, **fields})
+        if self.sink.enabled(level):  # skip building the record for filtered lines
+            self.sink.emit(level, self.component, msg, {**self.bound, **fields})
 
     def debug(self, msg: str, **fields) -> None:
         self.log("DEBUG", msg, **fields)
