@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Dict, NamedTuple, Optional
 
-from ductile_lib.timefmt import format_ts, parse_ts
+from ductile_lib.timefmt import format_ts, parse_ts_or_none
 
 CLOSED = "closed"
 OPEN = "open"
@@ -120,15 +120,6 @@ def _newest_terminal_job(conn: sqlite3.Connection, plugin: str, command: str, se
         (plugin, command, service_name) + _COUNTED).fetchone()
 
 
-def _parse_or_none(text: Optional[str]) -> Optional[datetime]:
-    if not text:
-        return None
-    try:
-        return parse_ts(text)
-    except ValueError:
-        return None
-
-
 # --- the operations ---------------------------------------------------------------
 
 def reconcile(db, plugin: str, command: str, service_name: str, threshold: int,
@@ -186,7 +177,7 @@ def gate(db, plugin: str, command: str, reset_after_s: float, now: datetime) -> 
         row = _load(conn, plugin, command)
         if row.state != OPEN:
             return GateDecision(True, None, False)
-        opened = _parse_or_none(row.opened_at)
+        opened = parse_ts_or_none(row.opened_at)
         if opened is not None:
             retry_at = opened + timedelta(seconds=reset_after)
             if now < retry_at:

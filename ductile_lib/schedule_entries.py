@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Optional
 
-from ductile_lib.timefmt import format_ts, parse_ts
+from ductile_lib.timefmt import format_ts, parse_ts_or_none as _ts
 
 
 @dataclass(frozen=True)
@@ -71,15 +71,6 @@ def newest_terminal_job(db, plugin: str, command: str, submitted_by: str, dedupe
 def list_entries(db) -> list:
     with db.read() as conn:
         return [dict(row) for row in conn.execute("SELECT * FROM schedule_entries ORDER BY plugin, schedule_id")]
-
-
-def _ts(text) -> Optional[datetime]:
-    if not text:
-        return None
-    try:
-        return parse_ts(text)
-    except ValueError:
-        return None
 
 
 def _text(moment: Optional[datetime]) -> Optional[str]:

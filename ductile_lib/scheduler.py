@@ -19,7 +19,7 @@ from typing import Optional
 from ductile_lib import breakers, schedule
 from ductile_lib.logs import get_logger
 from ductile_lib.schedule_entries import EntryRow, load_entry, newest_terminal_job, save_entry
-from ductile_lib.timefmt import format_ts, utc_now
+from ductile_lib.timefmt import format_ts, parse_ts_or_none as schedule_ts, utc_now
 
 CANCEL_REASON = "cancelled by scheduler (if_running=cancel)"
 
@@ -429,11 +429,3 @@ def _delta(duration) -> timedelta:
 def _zone(sched):
     return sched.timezone or None
 
-
-def schedule_ts(text) -> Optional[datetime]:
-    from ductile_lib.timefmt import parse_ts
-
-    try:
-        return parse_ts(text) if text else None
-    except ValueError:
-        return None

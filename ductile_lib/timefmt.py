@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timedelta, timezone
+from typing import Optional
 
 _RFC3339 = re.compile(
     r"(?P<year>[0-9]{4})-(?P<month>[0-9]{2})-(?P<day>[0-9]{2})"
@@ -90,3 +91,13 @@ def _offset_zone(match) -> timezone:
         raise ValueError("offset out of range")
     offset = timedelta(hours=hours, minutes=minutes)
     return timezone(-offset if match.group("sign") == "-" else offset)
+
+
+def parse_ts_or_none(text) -> Optional[datetime]:
+    """``parse_ts`` for stored columns that may be NULL, empty or malformed."""
+    if not text:
+        return None
+    try:
+        return parse_ts(text)
+    except ValueError:
+        return None

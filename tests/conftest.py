@@ -103,6 +103,16 @@ def _deep_merge(dst: dict, src: dict) -> None:
 
 
 @pytest.fixture
+def db(tmp_path):
+    """A fresh Ductile database file in a temp dir."""
+    from ductile_lib.db import Database
+
+    database = Database(tmp_path / "state.db")
+    yield database
+    database.close()
+
+
+@pytest.fixture
 def config_dir(tmp_path):
     """A small valid config dir using the example echo plugin."""
     root = tmp_path / "cfg"

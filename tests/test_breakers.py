@@ -6,7 +6,6 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from ductile_lib import breakers
-from ductile_lib.db import Database
 from ductile_lib.queue import JobQueue
 from ductile_lib.timefmt import format_ts
 
@@ -28,13 +27,6 @@ class Clock:
 @pytest.fixture
 def clock():
     return Clock()
-
-
-@pytest.fixture
-def db(tmp_path):
-    database = Database(tmp_path / "state.db")
-    yield database
-    database.close()
 
 
 @pytest.fixture

@@ -35,13 +35,6 @@ class FakeClock:
 
 
 @pytest.fixture
-def db(tmp_path):
-    database = Database(tmp_path / "state.db")
-    yield database
-    database.close()
-
-
-@pytest.fixture
 def clock():
     return FakeClock()
 

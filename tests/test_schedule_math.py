@@ -28,7 +28,6 @@ these are asserted against the brute force instead.
 from __future__ import annotations
 
 import random
-import time
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 

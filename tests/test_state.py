@@ -6,7 +6,6 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from ductile_lib.db import Database
 from ductile_lib.state import StateError, StateStore
 from ductile_lib.timefmt import format_ts
 
@@ -27,13 +26,6 @@ class FakeClock:
 
 def rule(command="sync", fact_type="repo.snapshot", **extra):
     return dict({"when": {"command": command}, "from": "state_updates", "fact_type": fact_type}, **extra)
-
-
-@pytest.fixture
-def db(tmp_path):
-    database = Database(tmp_path / "state.db")
-    yield database
-    database.close()
 
 
 @pytest.fixture

@@ -88,3 +88,13 @@ def load_config_from_args(args):
     from ductile_lib.config import load_config
 
     return load_config(getattr(args, "config", None), getattr(args, "config_dir", None))
+
+
+def json_or_text(text):
+    """A stored result as JSON when it is JSON (plugin replies are), else the text."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text

@@ -9,6 +9,7 @@ from ductile_lib.cli.common import (EXIT_CONFIG, EXIT_FAILURE, Action, CliError,
 from ductile_lib.config_check import check_config
 from ductile_lib.config_load import ConfigError
 from ductile_lib.config_view import PathError, display_tree, select
+from ductile_lib.durations import show_scalar
 
 
 def _configure_check(parser) -> None:
@@ -83,7 +84,7 @@ def run_get(args) -> int:
     cfg = load_config_from_args(args)
     node = _select(cfg, args.path)
     if not args.json and not isinstance(node, (dict, list)):
-        print(_scalar_text(node))
+        print(show_scalar(node))
         return 0
     _print_node(node, args.json)
     return 0
@@ -101,14 +102,6 @@ def _print_node(node, as_json: bool) -> None:
         print_json(node)
     else:
         sys.stdout.write(miniyaml.dumps(node))
-
-
-def _scalar_text(value) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
 
 
 ACTIONS = {

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
 from ductile_lib.cli.common import (EXIT_FAILURE, Action, CliError, UsageError, add_config_flags, add_json_flag,
-                                    load_config_from_args, print_json)
+                                    json_or_text, load_config_from_args, print_json)
 from ductile_lib.queue import JobQueue
 from ductile_lib.timefmt import parse_ts
 
@@ -476,7 +476,7 @@ def log_entry(row: Dict[str, Any], include_result: bool) -> Dict[str, Any]:
     """One row with the JSON keys scripts written for the original expect."""
     entry = {key: row.get(column) for key, column in _LOG_KEYS}
     if include_result:
-        entry["Result"] = _result_value(row.get("result"))
+        entry["Result"] = json_or_text(row.get("result"))
     entry["EnqueuedConfigSnapshotID"] = row.get(_SNAPSHOT_KEYS[0])
     entry["StartedConfigSnapshotID"] = row.get(_SNAPSHOT_KEYS[1])
     return entry
@@ -496,16 +496,6 @@ def _queue_snapshot_ids(db, rows: List[dict]) -> Dict[tuple, dict]:
         found = conn.execute("SELECT id, attempt, enqueued_config_snapshot_id, started_config_snapshot_id"
                              " FROM job_queue WHERE id IN (%s)" % ", ".join("?" * len(wanted)), wanted).fetchall()
     return {(r["id"], r["attempt"]): {k: r[k] for k in _SNAPSHOT_KEYS} for r in found}
-
-
-def _result_value(text: Optional[str]):
-    """The stored result as JSON when it is JSON (plugin replies are), else the text."""
-    if text is None:
-        return None
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
 
 
 def _print_logs(total: int, rows: List[dict]) -> None:

@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, Optional
 from ductile_lib import plugins, runner
 from ductile_lib.cli.common import (EXIT_CONFIG, EXIT_FAILURE, Action, CliError, UsageError, add_config_flags,
                                     add_json_flag, print_json)
-from ductile_lib.cli.common import load_config_from_args
+from ductile_lib.cli.common import json_or_text, load_config_from_args
 from ductile_lib.config_load import ConfigError
 from ductile_lib.durations import DurationError, format_duration, parse_duration
 from ductile_lib.pidlock import running_pid
@@ -406,18 +406,8 @@ def _fetch_db_job(queue, job_id: str) -> dict:
     if job is None:  # pruned meanwhile: nothing more to learn
         return {"status": GONE, "result": None, "last_error": "job no longer in the queue (pruned)"}
     log = queue.job_log_for(job_id) if job.status in TERMINAL else None
-    return {"status": job.status, "result": _result_value(log.get("result") if log else None),
+    return {"status": job.status, "result": json_or_text(log.get("result") if log else None),
             "last_error": job.last_error}
-
-
-def _result_value(text: Optional[str]):
-    """`job_log.result` as JSON when it is JSON (the API's rule), else the text."""
-    if text is None:
-        return None
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
 
 
 # -- reporting --
