@@ -8,6 +8,7 @@ which is what operators see in ``config show`` and in error texts.
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
 NANOSECOND = 1
 MICROSECOND = 1000
@@ -101,6 +102,11 @@ def _scale(number: str, unit: int) -> int:
     if frac:
         result += int(frac) * unit // (10 ** len(frac))
     return result
+
+
+def to_timedelta(duration) -> timedelta:
+    """A Duration (int nanoseconds) as a timedelta, for datetime arithmetic."""
+    return timedelta(microseconds=int(duration) // 1000)
 
 
 def parse_interval(value, key: str = "every") -> Duration:

@@ -53,6 +53,7 @@ class Gateway:
         self.db: Optional[Database] = None
         self.lock: Optional[PidLock] = None
         self.queue = self.state = self.scheduler = self.dispatcher = None
+        self.api_server = self.webhook_server = None
         self._signal = threading.Event()
         self._stop_requested = False
         self._reload_requested = False
@@ -87,8 +88,34 @@ class Gateway:
         self.scheduler = Scheduler(lambda: self.runtime, self.queue, self.hub, self.dispatcher)
         self.scheduler.start()
         self.dispatcher.start()
+        self._start_listeners(cfg)
         self.log.info("ductile running (press Ctrl+C to stop)", pid=os.getpid(),
                       max_workers=cfg.service.max_workers, plugins=self.runtime.enabled_plugins())
+
+    def _start_listeners(self, cfg: Config) -> None:
+        """API and webhook listeners (spec 40 §1.1); a bind failure is fatal (exit 1)."""
+        from ductile_lib.api import ApiContext, ApiServer  # the HTTP layer loads only when it listens
+        from ductile_lib.webhooks import WebhookServer
+
+        try:
+            if cfg.api.enabled:
+                if not self.runtime.config.api.tokens:
+                    self.log.warn("no API tokens configured")
+                ctx = ApiContext(lambda: self.runtime, self.queue, self.db, self.hub, wake=self.dispatcher.wake,
+                                 reload=self.reload, config_label=self.config_path or self.config_dir or
+                                 cfg.config_dir)
+                self.api_server = ApiServer(cfg.api.listen, ctx)
+                self.api_server.start()
+                self.log.info("api listening", listen=cfg.api.listen, port=self.api_server.port)
+            if cfg.webhooks_listen:
+                self.webhook_server = WebhookServer(cfg.webhooks_listen, lambda: self.runtime, self.queue,
+                                                    self.dispatcher.wake)
+                self.webhook_server.start()
+                self.log.info("webhook listener started", listen=cfg.webhooks_listen)
+        except OSError as exc:
+            self.log.error("component failed", error=str(exc))
+            self.shutdown()
+            raise StartError("component failed: %s" % exc, 1) from None
 
     def _load(self) -> Config:
         try:
@@ -217,6 +244,10 @@ class Gateway:
     def shutdown(self) -> int:
         """Stop intake, drain within shutdown_timeout, re-queue leftovers, exit 0."""
         self.log.info("received shutdown signal")
+        if self.api_server is not None:
+            self.api_server.stop(10.0)
+        if self.webhook_server is not None:
+            self.webhook_server.stop(5.0)
         if self.scheduler is not None:
             self.scheduler.stop()
         if self.dispatcher is not None:

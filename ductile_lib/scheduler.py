@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from typing import Optional
 
 from ductile_lib import breakers, schedule
+from ductile_lib.durations import to_timedelta as _delta
 from ductile_lib.logs import get_logger
 from ductile_lib.schedule_entries import EntryRow, load_entry, newest_terminal_job, save_entry
 from ductile_lib.timefmt import format_ts, parse_ts_or_none as schedule_ts, utc_now
@@ -419,11 +420,6 @@ class Scheduler:
 
     def _service_name(self) -> str:
         return self._runtime().config.service.name
-
-
-def _delta(duration) -> timedelta:
-    """A config Duration (int nanoseconds) as a timedelta."""
-    return timedelta(microseconds=int(duration) // 1000)
 
 
 def _zone(sched):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from ductile_lib.cli import config_cmd, job_cmd, plugin_cmd, system_cmd, version_cmd
+from ductile_lib.cli import api_cmd, config_cmd, job_cmd, plugin_cmd, system_cmd, version_cmd
 from ductile_lib.cli.common import (EXIT_CONFIG, EXIT_OK, EXIT_USAGE, CliError, Parser, UsageError,
                                     report_error)
 from ductile_lib.config_load import ConfigError
@@ -32,6 +32,10 @@ def top_usage() -> str:
         lines.append("")
     lines.append("version:")
     lines.append("  ductile version [--json]  print version information")
+    lines.append("")
+    lines.append("api:")
+    lines.append("  ductile api <endpoint> [-X METHOD] [-f key=value]... [-H 'Name: value']... [-b BODY]")
+    lines.append("                            %s" % api_cmd.ACTION.summary)
     lines.append("")
     lines.append("Every command takes --config PATH or --config-dir DIR; read commands take --json.")
     return "\n".join(lines) + "\n"
@@ -69,6 +73,9 @@ def _dispatch(argv: list) -> int:
         return version_cmd.run_version(Parser(prog="ductile version").parse_args([]))
     if first == "version":
         return _run_action("version", version_cmd.ACTION, argv[1:], as_json)
+    if first == "api":  # a noun without actions: `ductile api /healthz`
+        rest = argv[1:]
+        return _run_action("api", api_cmd.ACTION, ["--help"] if rest[:1] == ["help"] else rest, as_json)
     if first.startswith("-"):
         return _usage_failure("options go after the command: %s" % first, top_usage(), as_json)
     if first not in NOUNS:

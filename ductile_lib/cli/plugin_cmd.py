@@ -12,13 +12,12 @@ import json
 import os
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from datetime import timedelta
 from typing import Any, Callable, Dict, Optional
 
 from ductile_lib import plugins, runner
+from ductile_lib.cli import http_client
 from ductile_lib.cli.common import (EXIT_CONFIG, EXIT_FAILURE, Action, CliError, UsageError, add_config_flags,
                                     add_json_flag, print_json)
 from ductile_lib.cli.common import json_or_text, load_config_from_args
@@ -28,13 +27,20 @@ from ductile_lib.pidlock import running_pid
 from ductile_lib.timefmt import now_ts, utc_now
 
 
+LIST_TIMEOUT_S = 10.0
+
+
 def _configure_list(parser) -> None:
     add_config_flags(parser)
     add_json_flag(parser)
+    parser.add_argument("--api-url", help="ask a running gateway's API instead of discovering locally")
+    parser.add_argument("--api-key", help="bearer token for --api-url (else $DUCTILE_API_KEY)")
 
 
 def run_list(args) -> int:
     """Every discovered plugin and every rejected directory with its reason."""
+    if args.api_url:
+        return _list_via_api(args)
     cfg = load_config_from_args(args)
     try:
         discovery = plugins.discover(list(cfg.plugin_roots), cfg.service.allow_symlinks)
@@ -67,6 +73,33 @@ def _print_table(view: dict) -> None:
             print("  %s [%s] %s" % (item["path"], item["kind"], item["reason"]))
 
 
+def _list_via_api(args) -> int:
+    """What the gateway has loaded (``GET /plugins``): the truth when it runs another config."""
+    key = http_client.require_key(args.api_key)
+    url = http_client.normalize_base(args.api_url) + "/plugins"
+    response = http_client.call("GET", url, key, timeout=LIST_TIMEOUT_S)
+    body = http_client.decode_body(response.body)
+    if args.json:
+        print_json(body)
+        return 0
+    if not isinstance(body, dict) or not isinstance(body.get("plugins"), list):
+        raise CliError("API error (%d): unexpected reply: %s" % (
+            response.status, response.body.decode("utf-8", "replace").strip()), EXIT_FAILURE,
+            {"http_status": response.status, "response": body})
+    _print_api_table(body["plugins"])
+    return 0
+
+
+def _print_api_table(plugins_list: list) -> None:
+    rows = [("NAME", "VERSION", "COMMANDS")]
+    for plugin in plugins_list:
+        commands = ",".join(str(c) for c in plugin.get("commands") or [])
+        rows.append((str(plugin.get("name", "")), str(plugin.get("version") or "-"), commands))
+    widths = [max(len(row[i]) for row in rows) for i in range(2)]
+    for row in rows:
+        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:2])) + "  " + row[2])
+
+
 # --- plugin run ------------------------------------------------------------------
 
 SUBMITTED_BY = "cli"
@@ -74,7 +107,7 @@ WAIT_INTERVAL_S = 0.2
 HTTP_TIMEOUT_S = 30.0
 TERMINAL = ("succeeded", "failed", "dead", "timed_out", "skipped")
 GONE = "unknown"  # the row vanished while we waited (retention pruned it)
-API_KEY_MISSING = "Error: API key required. Use --api-key or DUCTILE_API_KEY env var."
+API_KEY_MISSING = http_client.API_KEY_MISSING
 
 
 def _configure_run(parser) -> None:
@@ -272,38 +305,20 @@ def _print_local(result) -> None:
 def _api_url_for_run(args, cfg) -> Optional[str]:
     """--api-url, else the config's API when a gateway holds the lock and serves one; else None."""
     if args.api_url:
-        return args.api_url.rstrip("/")
+        return http_client.normalize_base(args.api_url)
     if cfg is None or not cfg.api.enabled or running_pid(cfg.pid_path) is None:
         return None
     return api_base_url(cfg.api.listen)
 
 
 def api_base_url(listen: str) -> str:
-    """An ``api.listen`` value as a client URL (spec 50 §1.6)."""
-    value = (listen or "").strip()
-    scheme = "http"
-    if "://" in value:
-        scheme, value = value.split("://", 1)
-    value = value.rstrip("/")
-    host, sep, port = value.rpartition(":")
-    if not sep or "]" in port:  # no port at all
-        host, port = value, ""
-    if host in ("", "0.0.0.0"):
-        host = "127.0.0.1"
-    elif host in ("::", "[::]"):
-        host = "[::1]"
-    return "%s://%s%s" % (scheme, host, ":" + port if port else "")
+    """An ``api.listen`` value as a client URL (spec 50 §1.6); kept here for callers of old."""
+    return http_client.base_url_from_listen(listen)
 
 
 def api_key(args, cfg) -> str:
     """--api-key, $DUCTILE_API_KEY, else the config's first ``api.auth.tokens`` entry."""
-    key = args.api_key or os.environ.get("DUCTILE_API_KEY", "")
-    if not key and cfg is not None:
-        inline = [t.token for t in cfg.api.tokens if t.source.startswith("api.auth.tokens")]
-        key = inline[0] if inline else ""
-    if not key:
-        raise CliError(API_KEY_MISSING)
-    return key
+    return http_client.require_key(args.api_key, cfg)
 
 
 def _submit_via_api(args, cfg, url: str, name: str, command: str, payload: dict) -> Optional[dict]:
@@ -315,68 +330,29 @@ def _submit_via_api(args, cfg, url: str, name: str, command: str, payload: dict)
     """
     key = api_key(args, cfg)
     target = "%s/plugin/%s/%s" % (url, name, command)
+    context = {"plugin": name, "command": command}
     try:
-        status, body = _http("POST", target, key, {"payload": payload})
-    except urllib.error.URLError as exc:
-        if not args.api_url and _refused(exc):
+        response = http_client.request_json("POST", target, key, {"payload": payload}, HTTP_TIMEOUT_S)
+    except http_client.RequestFailed as exc:
+        if not args.api_url and exc.refused:
             sys.stderr.write("API not reachable at %s; enqueueing into the database\n" % url)
             return None
-        raise CliError("Request failed: %s" % _reason(exc), EXIT_FAILURE,
-                       {"plugin": name, "command": command, "url": target}) from None
-    if status >= 400:
-        raise _api_error(status, body, {"plugin": name, "command": command})
-    reply = _decode(body)
+        raise http_client.request_failed(exc, dict(context, url=target)) from None
+    if response.status >= 400:
+        raise http_client.api_error(response, context)
+    reply = http_client.decode_body(response.body)
     job_id = reply.get("job_id") if isinstance(reply, dict) else None
     if not job_id:
-        raise CliError("API error (%d): unexpected reply: %s" % (status, body.decode("utf-8", "replace")))
+        raise CliError("API error (%d): unexpected reply: %s" % (
+            response.status, response.body.decode("utf-8", "replace")))
     return {"job_id": job_id, "plugin": name, "command": command,
             "fetch": lambda: _fetch_api_job(url, key, job_id)}
 
 
-def _http(method: str, url: str, key: str, body=None):
-    """(status, body bytes) of one request; transport failures raise URLError."""
-    data = None if body is None else json.dumps(body).encode("utf-8")
-    headers = {"Authorization": "Bearer %s" % key, "Accept": "application/json"}
-    if data is not None:
-        headers["Content-Type"] = "application/json"
-    request = urllib.request.Request(url, data=data, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-def _refused(exc: urllib.error.URLError) -> bool:
-    return isinstance(getattr(exc, "reason", None), ConnectionRefusedError)
-
-
-def _reason(exc: urllib.error.URLError) -> str:
-    reason = getattr(exc, "reason", exc)
-    return str(getattr(reason, "strerror", None) or reason)
-
-
-def _decode(body: bytes):
-    try:
-        return json.loads(body.decode("utf-8"))
-    except ValueError:
-        return body.decode("utf-8", "replace")
-
-
-def _api_error(status: int, body: bytes, context: dict) -> CliError:
-    text = body.decode("utf-8", "replace").strip()
-    return CliError("API error (%d): %s" % (status, text), EXIT_FAILURE,
-                    dict(context, http_status=status, response=_decode(body)))
-
-
 def _fetch_api_job(url: str, key: str, job_id: str) -> dict:
-    try:
-        status, body = _http("GET", "%s/job/%s" % (url, job_id), key)
-    except urllib.error.URLError as exc:
-        raise CliError("Request failed: %s" % _reason(exc), EXIT_FAILURE, {"job_id": job_id}) from None
-    if status >= 400:
-        raise _api_error(status, body, {"job_id": job_id})
-    reply = _decode(body)
+    response = http_client.call("GET", "%s/job/%s" % (url, job_id), key, timeout=HTTP_TIMEOUT_S,
+                                context={"job_id": job_id})
+    reply = http_client.decode_body(response.body)
     reply = reply if isinstance(reply, dict) else {}
     return {"status": reply.get("status"), "result": reply.get("result"), "last_error": reply.get("last_error")}
 

@@ -39,10 +39,17 @@ def _configure_reload(parser) -> None:
     parser.add_argument("--api-key", help="bearer token for --api-url (else $DUCTILE_API_KEY)")
 
 
+RELOAD_TIMEOUT_S = 60.0
+RELOAD_KEY_MISSING = "API key required for reload (set --api-key or DUCTILE_API_KEY)"
+
+
 def run_reload(args) -> int:
-    """Signal mode: SIGHUP to the pid holding the lock (the outcome is in the gateway log)."""
+    """Signal mode: SIGHUP to the pid holding the lock (the outcome is in the gateway log).
+
+    API mode (``--api-url``) instead waits for the gateway's own verdict.
+    """
     if args.api_url:
-        raise CliError("reload through the API arrives with the API; run without --api-url to send SIGHUP")
+        return _reload_via_api(args)
     cfg = load_config_from_args(args)
     pid = running_pid(cfg.pid_path)
     if pid is None or pid <= 0:
@@ -55,6 +62,30 @@ def run_reload(args) -> int:
         print_json({"status": "ok", "message": "SIGHUP sent to %d" % pid})
     else:
         print("Reload signal sent to PID %d" % pid)
+    return 0
+
+
+def _reload_via_api(args) -> int:
+    """``POST /system/reload``: unlike SIGHUP, the reply says whether the new config was taken."""
+    from ductile_lib.cli import http_client
+
+    key = http_client.require_key(args.api_key, message=RELOAD_KEY_MISSING)
+    url = http_client.normalize_base(args.api_url) + "/system/reload"
+    try:
+        response = http_client.request_json("POST", url, key, timeout=RELOAD_TIMEOUT_S)
+    except http_client.RequestFailed as exc:
+        raise http_client.request_failed(exc, {"url": url}) from None
+    if response.status != 200:
+        raise http_client.api_error(response, {"url": url}, prefix="Reload failed")
+    body = http_client.decode_body(response.body)
+    if args.json:
+        print_json(body)
+    elif isinstance(body, dict) and "reloaded_at" in body:
+        print("Reloaded at %s" % body["reloaded_at"])
+        if body.get("message"):
+            print(body["message"])
+    else:
+        print(response.body.decode("utf-8", "replace").rstrip("\n"))
     return 0
 
 
@@ -343,7 +374,8 @@ def _print_facts(plugin: str, fact_type: str, facts: list) -> None:
 ACTIONS = {
     "start": Action("run the gateway in the foreground", _configure_start, run_start),
     "status": Action("check config, database and whether a gateway runs", _configure_status, run_status),
-    "reload": Action("ask the running gateway to reload its config (SIGHUP)", _configure_reload, run_reload),
+    "reload": Action("ask the running gateway to reload its config (SIGHUP, or the API)", _configure_reload,
+                     run_reload),
     "reset": Action("close a plugin command's circuit breaker", _configure_reset, run_reset),
     "breaker": Action("show a circuit breaker and its transitions", _configure_breaker, run_breaker),
     "scheduler": Action("list the scheduler's queued and running polls", _configure_scheduler, run_scheduler),
