@@ -99,6 +99,7 @@ class ApiServer(http.server.ThreadingHTTPServer):
 
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128  # SSE clients reconnect in bursts; the default backlog of 5 drops them
 
     def __init__(self, listen: str, ctx: ApiContext, log=None):
         host, port = split_listen(listen)

@@ -16,6 +16,8 @@ documents without ``sort_keys``.
 """
 from __future__ import annotations
 
+import functools
+
 import copy
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Mapping, Optional, Tuple
@@ -69,19 +71,8 @@ class RouteDoc:
         Segments are compared percent-decoded, and a parameter takes exactly
         one non-empty segment; there is no trailing-slash tolerance (§1.4).
         """
-        template, actual = self.segments(), path.split("/")
-        if len(template) != len(actual):
-            return None
-        params = {}
-        for expected, raw in zip(template, actual):
-            value = unquote(raw)
-            if _is_param(expected):
-                if not value:
-                    return None
-                params[expected[1:-1]] = value
-            elif value != expected:
-                return None
-        return params
+        template, actual = self.segments(), [unquote(raw) for raw in path.split("/")]
+        return _fit(template, actual) if len(template) == len(actual) else None
 
 
 def _is_param(segment: str) -> bool:
@@ -185,12 +176,14 @@ def match_route(method: str, path: str, routes: Iterable[RouteDoc] = API_ROUTES
     ``route`` is None when nothing fits: a 404 if no method is allowed,
     else a 405 whose ``Allow`` headers are the methods (§1.4).  When two
     templates fit one method, the one with more literal segments wins.
+    Only templates with the path's segment count are tried, each split once.
     """
+    actual = [unquote(raw) for raw in path.split("/")]
     allowed: List[str] = []
     best: Optional[RouteDoc] = None
     best_params: Dict[str, str] = {}
-    for route in routes:
-        params = route.match(path)
+    for route, template in _templates(tuple(routes)).get(len(actual), ()):
+        params = _fit(template, actual)
         if params is None:
             continue
         if route.method not in allowed:
@@ -198,6 +191,28 @@ def match_route(method: str, path: str, routes: Iterable[RouteDoc] = API_ROUTES
         if route.method == method and (best is None or len(params) < len(best_params)):
             best, best_params = route, params
     return best, best_params, tuple(allowed)
+
+
+@functools.lru_cache(maxsize=8)
+def _templates(routes: Tuple[RouteDoc, ...]) -> Dict[int, List[Tuple[RouteDoc, List[str]]]]:
+    """Route templates grouped by segment count (computed once per route table)."""
+    grouped: Dict[int, List[Tuple[RouteDoc, List[str]]]] = {}
+    for route in routes:
+        template = route.segments()
+        grouped.setdefault(len(template), []).append((route, template))
+    return grouped
+
+
+def _fit(template: List[str], actual: List[str]) -> Optional[Dict[str, str]]:
+    params = {}
+    for expected, value in zip(template, actual):
+        if _is_param(expected):
+            if not value:
+                return None
+            params[expected[1:-1]] = value
+        elif expected != value:
+            return None
+    return params
 
 
 # ---------------------------------------------------------------------------

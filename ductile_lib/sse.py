@@ -114,6 +114,8 @@ def _serve(write: Writer, hub: EventHub, subscription: Subscription, resume: int
            stop: Optional[threading.Event]) -> str:
     """Send the gap notice if one is due, then the replay and live events."""
     first, next_id = _peek_first(hub, subscription)
+    if first is None and subscription.disconnected:
+        return SLOW_CONSUMER  # cut off before anything was sent: no gap to announce
     if resume > 0 and (from_earlier_process or next_id > resume + 1):
         if not _send(write, format_gap(resume, next_id)):
             return WRITE_ERROR

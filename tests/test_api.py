@@ -264,15 +264,16 @@ def test_openapi_document_is_valid(client):
 
 # --- SSE -----------------------------------------------------------------------------------------
 
-def sse_frames(port, path, headers=None, want=1, timeout=10):
-    """Open a stream and read until ``want`` frames with ids arrived."""
+def sse_frames(port, path, headers=None, want=1, timeout=10, event_type=None):
+    """Open a stream and read until ``want`` frames (of ``event_type``, if given) arrived."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     conn.request("GET", path, headers=headers or {})
     resp = conn.getresponse()
     assert resp.status == 200 and resp.getheader("Content-Type") == "text/event-stream"
     frames, buffer = [], b""
     deadline = time.monotonic() + timeout
-    while len([f for f in frames if "id" in f]) < want and time.monotonic() < deadline:
+    while len([f for f in frames if "id" in f and event_type in (None, f.get("event"))]) < want \
+            and time.monotonic() < deadline:
         chunk = resp.fp.read1(65536) if hasattr(resp.fp, "read1") else resp.read(1)
         if not chunk:
             break
@@ -287,13 +288,24 @@ def sse_frames(port, path, headers=None, want=1, timeout=10):
 
 def test_sse_resume_gets_exactly_the_missed_events(gateway):
     port = gateway.api_server.port
-    first = [gateway.hub.publish("test.event", {"n": n}).id for n in range(3)][-1]
+    start = gateway.hub.last_id()
+    seen = [gateway.hub.publish("test.event", {"n": n}).id for n in range(3)]
+    first = sse_frames(port, "/events?token=tok-events_ro", {"Last-Event-ID": str(start)}, want=3,
+                       event_type="test.event")
+    received = event_ids(first)[:3]
+    assert received == seen  # connected, read three, disconnected
     missed = [gateway.hub.publish("test.event", {"n": n}).id for n in range(3, 8)]
-    frames = sse_frames(port, "/events?token=tok-events_ro", {"Last-Event-ID": str(first)}, want=len(missed))
-    ids = [int(f["id"]) for f in frames if "id" in f]
-    assert ids[:len(missed)] == missed
-    frames = sse_frames(port, "/events?token=tok-all&last_event_id=%d" % missed[-2], want=1)
-    assert int(frames[0]["id"]) == missed[-1]
+    frames = sse_frames(port, "/events?token=tok-events_ro", {"Last-Event-ID": str(received[-1])},
+                        want=len(missed), event_type="test.event")
+    assert event_ids(frames)[:len(missed)] == missed  # no gap, no duplicate
+    assert not any(f.get("event") == "stream.gap" for f in frames)
+    frames = sse_frames(port, "/events?token=tok-all&last_event_id=%d" % missed[-2], want=1,
+                        event_type="test.event")
+    assert event_ids(frames)[0] == missed[-1]
+
+
+def event_ids(frames):
+    return [int(f["id"]) for f in frames if f.get("event") == "test.event"]
 
 
 def test_sse_auth_errors_are_json_before_the_stream(client):
@@ -351,5 +363,35 @@ def test_connection_cap_answers_503(tmp_path):
             gw.hub.publish("test.nudge")
             time.sleep(0.05)
         assert Client(port).request("GET", "/healthz")[0] == 200
+    finally:
+        gw.shutdown()
+
+
+def test_gateway_runs_the_webhook_listener(tmp_path):
+    import hashlib
+    import hmac
+
+    _config(tmp_path)
+    text = (tmp_path / "config.yaml").read_text()
+    (tmp_path / "config.yaml").write_text(text + """
+webhooks:
+  listen: "127.0.0.1:0"
+  endpoints:
+    - {path: /hooks/gh, plugin: echo, secret_ref: ops, signature_header: X-Hub-Signature-256}
+""")
+    gw = Gateway(config_dir=str(tmp_path))
+    gw.start()
+    try:
+        hook = Client(gw.webhook_server.port)
+        body = b'{"event": "push"}'
+        signature = "sha256=" + hmac.new(OPS_KEY.encode(), body, hashlib.sha256).hexdigest()
+        status, reply, _ = hook.request("POST", "/hooks/gh", raw_body=body,
+                                        headers={"X-Hub-Signature-256": signature})
+        assert status == 202 and set(reply) == {"job_id"}
+        job = gw.queue.get(reply["job_id"])
+        assert (job.command, job.submitted_by, job.payload) == ("handle", "webhook:/hooks/gh", {"event": "push"})
+        assert hook.request("POST", "/hooks/gh", raw_body=body,
+                            headers={"X-Hub-Signature-256": "sha256=deadbeef"})[:2] == (403, {"error": "forbidden"})
+        assert hook.request("GET", "/healthz")[:2] == (200, {"status": "ok"})
     finally:
         gw.shutdown()
