@@ -52,7 +52,7 @@ class ApiContext:
     """What handlers need from the running gateway, behind small callables."""
 
     def __init__(self, runtime: Callable, queue, db, hub, *, wake: Callable = lambda: None,
-                 reload: Optional[Callable] = None, config_label: str = ""):
+                 reload: Optional[Callable] = None, config_label: str = "", router=None):
         self.runtime = runtime
         self.queue = queue
         self.db = db
@@ -63,7 +63,18 @@ class ApiContext:
         self.started_monotonic = time.monotonic()
         self.started_at_utc = utc_now()
         self.stopping = threading.Event()
+        self.router = router
         self._credentials = (None, None)  # (config identity, CredentialTable)
+        self._sync_slots = (0, None)  # (limit, semaphore): synchronous pipeline slots (H5)
+
+    def sync_slots(self) -> threading.BoundedSemaphore:
+        """The semaphore for ``api.max_concurrent_sync``; a reload's new limit gets a new one."""
+        limit = self.runtime().config.api.max_concurrent_sync
+        current_limit, semaphore = self._sync_slots
+        if semaphore is None or current_limit != limit:
+            semaphore = threading.BoundedSemaphore(limit)
+            self._sync_slots = (limit, semaphore)
+        return semaphore
 
     def uptime_seconds(self) -> int:
         return int(time.monotonic() - self.started_monotonic)

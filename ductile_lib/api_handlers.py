@@ -19,7 +19,7 @@ from ductile_lib import __version__, auth, openapi, schedule
 from ductile_lib.plugins import expand_schema
 from ductile_lib.durations import to_timedelta as _delta
 from ductile_lib.redact import redact_tree
-from ductile_lib.timefmt import format_ts, parse_ts, utc_now
+from ductile_lib.timefmt import format_ts, parse_ts, utc_now, wire_ts as wire_time
 
 MAX_RESULT_BYTES = 1024 * 1024
 STATUSES = ("queued", "running", "succeeded", "skipped", "failed", "timed_out", "dead")
@@ -243,8 +243,10 @@ def _stored_payload(command: str, has_payload: bool, payload):
 
 
 def run_pipeline(req: ApiRequest):
-    """``POST /pipeline/{name}`` arrives with the pipelines issue; say so plainly."""
-    raise HttpError(501, "pipelines are not available yet")
+    """``POST /pipeline/{name}``: checks in the order of §4.5, one enqueue transaction, optional wait."""
+    from ductile_lib import pipeline_api  # the pipeline trigger lives beside the router
+
+    return pipeline_api.trigger(req)
 
 
 # --- jobs (§4.6) ---------------------------------------------------------------------------
@@ -564,15 +566,6 @@ def result_fields(text) -> dict:
         return {"result": json.loads(text)}
     except ValueError:
         return {"result": text}
-
-
-def wire_time(moment=None) -> str:
-    """RFC 3339 UTC with up to 9 fraction digits, trailing zeros trimmed (§1.3)."""
-    moment = moment or utc_now()
-    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
-    if moment.microsecond:
-        text += ("." + "%06d" % moment.microsecond).rstrip("0")
-    return text + "Z"
 
 
 def _put(target: dict, **values) -> None:

@@ -8,15 +8,20 @@ gateway uses no CPU.
 """
 from __future__ import annotations
 
+import json
+import sqlite3
 import threading
 import time
 import traceback
+from dataclasses import replace
 from datetime import timedelta
 from typing import Callable, Optional
 
-from ductile_lib import runner
+from ductile_lib import runner, steps
+from ductile_lib.context_store import load_context
 from ductile_lib.logs import get_logger
 from ductile_lib.queue import JobNotRunning
+from ductile_lib.router import SWITCH_PLUGIN, Outcome, RoutingError
 from ductile_lib.state import StateError
 from ductile_lib.timefmt import format_ts, utc_now
 
@@ -25,13 +30,13 @@ class Dispatcher:
     """Claims and runs jobs under the runtime current at claim time."""
 
     def __init__(self, runtime: Callable, queue, state, hub, *, on_terminal: Callable = None,
-                 extra_writes: Callable = None, clock=utc_now, log=None):
+                 router=None, clock=utc_now, log=None):
         self._runtime = runtime  # () -> Runtime; read at each claim
         self.queue = queue
         self.state = state
         self.hub = hub
         self.on_terminal = on_terminal  # (job, status) -> None; the scheduler's outcome hook
-        self.extra_writes = extra_writes  # (conn, job) inside the terminal transaction (routing)
+        self.router = router  # router.Router: children and hook jobs inside the terminal transaction
         self.clock = clock
         self.log = log or get_logger("dispatch")
         self._cond = threading.Condition()
@@ -230,6 +235,8 @@ class JobExecution:
         self.poll_event = job.command == "poll" and job.submitted_by == self.service_name
         self.prefetched = None  # the worker's next job, claimed inside our terminal transaction
         self._committed = False
+        self._outcome = Outcome("failed")  # what the router sees at the terminal write
+        self.children: list = []
 
     def run(self) -> None:
         job = self.job
@@ -240,7 +247,12 @@ class JobExecution:
         self.d.hub.publish("job.started", {"job_id": job.id, "plugin": job.plugin, "command": job.command,
                                            "attempt": job.attempt, "parent_job_id": job.parent_job_id or "",
                                            "submitted_by": job.submitted_by})
-        self._publish("job.preflight", decision="run", reason="")
+        context, problem = self._preflight()
+        self._publish("job.preflight", decision="fail" if problem else "run", reason=problem or "")
+        if problem:
+            return self._end("failed", problem)
+        if job.plugin == SWITCH_PLUGIN:
+            return self._run_switch(context)
         plugin, entry = self.runtime.plugin(job.plugin), self.runtime.plugin_config(job.plugin)
         if plugin is None or entry is None:
             return self._end("dead", "plugin removed")
@@ -252,24 +264,48 @@ class JobExecution:
             state = self.d.state.get_state(job.plugin)
         except StateError as exc:
             return self._end("failed", str(exc))
-        request = self._request(entry, state)
+        request = self._request(entry, state, context)
         if isinstance(request, str):
             return self._end("failed", request)
         self._execute(plugin, entry, request)
 
-    def _request(self, entry, state: dict):
-        """The protocol request, or an error text that fails the job."""
+    def _preflight(self):
+        """``(context row, None)`` or ``(None, reason)``: the job's event context must load (§3.6)."""
+        if not self.job.event_context_id:
+            return None, None
+        try:
+            with self.d.queue.db.read() as conn:
+                return load_context(conn, self.job.event_context_id), None
+        except (ValueError, sqlite3.Error) as exc:
+            return None, "failed to load event context: %s" % exc
+
+    def _request(self, entry, state: dict, ctx):
+        """The protocol request (with context, event and ``with``), or an error text that fails the job."""
         job = self.job
-        context = {"ductile_plugin": job.plugin}
-        event = None
-        if job.command == "handle" and job.payload:
+        step = steps.step_info(ctx)
+        context = steps.plugin_context(job.plugin, ctx, step)
+        event, payload = None, job.payload
+        if (job.command == "handle" or step is not None) and job.payload:
             event, error = runner.build_handle_event(job.payload, context,
                                                      lenient=job.submitted_by.startswith("webhook:"))
             if error:
                 return error
+            if step is not None:
+                error = steps.apply_with(self.runtime, ctx, event, context, dict(entry.config))
+                if error:
+                    return error
+                if job.command != "handle":
+                    payload = event.get("payload")
         deadline = self.d.clock() + timedelta(seconds=entry.timeout_for(job.command).seconds)
-        return runner.build_request(job.id, job.command, dict(entry.config), state, job.payload, context, event,
+        return runner.build_request(job.id, job.command, dict(entry.config), state, payload, context, event,
                                     format_ts(deadline))
+
+    def _run_switch(self, ctx) -> None:
+        """``core.switch``: evaluate in-process, succeed, route the event re-typed (§4.7)."""
+        matched, event = steps.evaluate_switch(self.runtime, ctx, self.job.payload)
+        result = json.dumps({"matched": matched, "event": event["type"]}, separators=(",", ":"))
+        self._outcome = Outcome("succeeded", events=(event,))
+        self._complete_succeeded(result, None)
 
     def _execute(self, plugin, entry, request: dict) -> None:
         job = self.job
@@ -292,8 +328,9 @@ class JobExecution:
         Claiming here saves the worker one transaction per job under load;
         the claim is a savepoint, so its failure never undoes this job's end.
         """
-        if self.d.extra_writes is not None:
-            self.d.extra_writes(conn, job_after)
+        if self.d.router is not None:
+            outcome = replace(self._outcome, status=job_after.status, duration_ms=self._duration_ms())
+            self.children = self.d.router.on_terminal(conn, self.runtime, job_after, outcome)
         self.prefetched = self.d._claim_next()
 
     def take_prefetched(self):
@@ -319,15 +356,40 @@ class JobExecution:
                                            plugin.fact_rules_for(job.command))
             except StateError as exc:
                 return self._end("failed", str(exc), result=result.stdout, stderr=result.stderr)
-        self.d.queue.complete(job, "succeeded", result=result.stdout, stderr=result.stderr,
-                              extra_writes=self._terminal_writes)
+        response = result.response or {}
+        self._outcome = Outcome("succeeded", events=tuple(response.get("events") or ()),
+                                result=response.get("result") or "")
+        self._complete_succeeded(result.stdout, result.stderr)
+
+    def _complete_succeeded(self, stdout, stderr) -> None:
+        """Commit success with its children; a routing error ends the job ``failed`` instead."""
+        job = self.job
+        try:
+            self.d.queue.complete(job, "succeeded", result=stdout, stderr=stderr, extra_writes=self._terminal_writes)
+        except RoutingError as exc:
+            self.children = []
+            kind = "step-succeeded event" if self._routes_step_succeeded() else "events"
+            self._outcome = Outcome("failed", error="failed to route %s: %s" % (kind, exc), reason="routing_error")
+            return self._end("failed", self._outcome.error, result=stdout, stderr=stderr)
         self._committed = True
+        self._publish_children()
         self.d.hub.publish("job.completed", {"job_id": job.id, "plugin": job.plugin, "status": "succeeded",
                                              "duration_ms": self._duration_ms()})
         self._finished("succeeded")
 
+    def _routes_step_succeeded(self) -> bool:
+        return not self._outcome.events and bool(self.job.event_context_id)
+
+    def _publish_children(self) -> None:
+        for child in self.children:
+            self.d.hub.publish("router.enqueued", child.event())
+        if self.children:
+            self.d.wake()
+
     def _fail(self, entry, result) -> None:
         job = self.job
+        self._outcome = Outcome("failed", error=result.error or "", reason=result.reason or "",
+                                timed_out=result.outcome == "timeout")
         outcome = self.d.queue.fail(job, result.error, retryable=result.retryable, reason=result.reason,
                                     backoff_base_s=entry.backoff_base.seconds, result=result.stdout or None,
                                     stderr=result.stderr or None, timed_out=result.outcome == "timeout",
@@ -347,14 +409,18 @@ class JobExecution:
             "reason": "attempts_exhausted" if result.retryable else result.reason,
             **({"retry_decision_reason": result.reason} if result.retryable else {}),
             "retry_policy_owner": "core", "plugin_retry_field": "v2_boundary_compatibility_signal"})
+        self._publish_children()
         self._publish_terminal(outcome.status, result.error, timed_out=result.outcome == "timeout")
         self._finished(outcome.status, error=result.error)
 
     def _end(self, status: str, error: str, result=None, stderr=None) -> None:
         """A terminal outcome decided before or around the plugin run (no retry)."""
+        if self._outcome.status == "succeeded" or not self._outcome.error:
+            self._outcome = Outcome(status, error=error, reason="preflight")
         self.d.queue.complete(self.job, status, last_error=error, result=result, stderr=stderr,
                               extra_writes=self._terminal_writes)
         self._committed = True
+        self._publish_children()
         if result is None:
             self.log.warn("job ended without running", status=status, error=error)
         self._publish_terminal(status, error)

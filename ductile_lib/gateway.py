@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 import signal
 import threading
 import uuid
@@ -24,6 +25,7 @@ from ductile_lib.hashing import blake3_hex
 from ductile_lib.logs import default_sink, get_logger
 from ductile_lib.pidlock import LockHeld, PidLock
 from ductile_lib.queue import JobQueue
+from ductile_lib.router import Outcome, Router
 from ductile_lib.runtime import Runtime, build_runtime
 from ductile_lib.scheduler import Scheduler
 from ductile_lib.state import StateStore
@@ -79,12 +81,13 @@ class Gateway:
             self.db = Database(cfg.state_path, on_info=lambda note: self.log.info(note))
         except DatabaseError as exc:
             raise StartError("database error: %s" % exc, 1) from None
-        self.runtime = Runtime(cfg, runtime.discovery, self._record_snapshot(cfg, "startup"))
+        self.runtime = replace(runtime, snapshot_id=self._record_snapshot(cfg, "startup"))
         self.queue = JobQueue(self.db)
         self.state = StateStore(self.db)
         self._recover_orphans()
+        self.router = Router(self.queue)
         self.dispatcher = Dispatcher(lambda: self.runtime, self.queue, self.state, self.hub,
-                                     on_terminal=self._on_terminal)
+                                     on_terminal=self._on_terminal, router=self.router)
         self.scheduler = Scheduler(lambda: self.runtime, self.queue, self.hub, self.dispatcher)
         self.scheduler.start()
         self.dispatcher.start()
@@ -103,7 +106,7 @@ class Gateway:
                     self.log.warn("no API tokens configured")
                 ctx = ApiContext(lambda: self.runtime, self.queue, self.db, self.hub, wake=self.dispatcher.wake,
                                  reload=self.reload, config_label=self.config_path or self.config_dir or
-                                 cfg.config_dir)
+                                 cfg.config_dir, router=self.router)
                 self.api_server = ApiServer(cfg.api.listen, ctx)
                 self.api_server.start()
                 self.log.info("api listening", listen=cfg.api.listen, port=self.api_server.port)
@@ -129,7 +132,16 @@ class Gateway:
         sink.set_secrets(cfg.secret_values())
 
     def _recover_orphans(self) -> None:
-        report = self.queue.recover_orphans()
+        """Crash recovery; recovery-dead root jobs fire their hooks like any outcome (§8)."""
+        children = []
+
+        def hooks(conn, job):
+            outcome = Outcome("dead", error=job.last_error or "", reason="recovery", recovery=True)
+            children.extend(Router(self.queue).on_terminal(conn, self.runtime, job, outcome))
+
+        report = self.queue.recover_orphans(extra_writes=hooks)
+        for child in children:
+            self.hub.publish("router.enqueued", child.event())
         for job in report.dead:
             self.hub.publish("job.failed", {"job_id": job.id, "plugin": job.plugin, "command": job.command,
                                             "status": "dead", "error": job.last_error, "recovery": True})
@@ -214,7 +226,7 @@ class Gateway:
         for key, read in RESTART_ONLY:
             if read(cfg) != read(self.runtime.config):
                 raise ConfigError("changes to %s require a full restart" % key)
-        return Runtime(cfg, runtime.discovery, self._record_snapshot(cfg, "reload"))
+        return replace(runtime, snapshot_id=self._record_snapshot(cfg, "reload"))
 
     def _retire_jobs(self, old: Runtime, new: Runtime) -> None:
         """Queued jobs of removed or newly disabled plugins end ``dead`` (§8.4 step 4)."""

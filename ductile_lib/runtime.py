@@ -22,6 +22,7 @@ class Runtime:
     config: Config
     discovery: plugins.Discovery
     snapshot_id: Optional[str] = None
+    routing: object = None  # pipelines.RoutingTable
 
     @property
     def max_workers(self) -> int:
@@ -69,11 +70,23 @@ def build_runtime(cfg: Config, snapshot_id: Optional[str] = None, log=None) -> R
             log.log(level, message, **fields)
         for issue in cfg.warnings:
             log.warn(issue.text(), category=issue.category, field=issue.field)
+    from ductile_lib.pipelines import PipelineError, compile_routing  # heavy: only when building a runtime
+
+    try:
+        routing = compile_routing(cfg, discovery.plugins)
+    except PipelineError as exc:
+        raise ConfigError("configuration validation failed: " + "; ".join(exc.errors)) from None
     issues = runtime_issues(cfg, discovery)
     errors = [i for i in issues if strict or (i.severity == "error" and i.blocks_start)]
     if errors:
         raise ConfigError("configuration validation failed: " + "; ".join(i.text() for i in errors))
+    if strict and routing.warnings:
+        raise ConfigError("configuration validation failed: " + "; ".join(routing.warnings))
     if log is not None:
         for issue in issues:
             log.warn(issue.text(), category=issue.category, field=issue.field)
-    return Runtime(cfg, discovery, snapshot_id)
+        for warning in routing.warnings:
+            log.warn(warning, category="pipelines")
+        for name in sorted(routing.pipelines):
+            log.info("pipeline registered", pipeline=name)
+    return Runtime(cfg, discovery, snapshot_id, routing)

@@ -101,3 +101,12 @@ def parse_ts_or_none(text) -> Optional[datetime]:
         return parse_ts(text)
     except ValueError:
         return None
+
+
+def wire_ts(moment: Optional[datetime] = None) -> str:
+    """RFC 3339 UTC for the wire: up to 9 fraction digits, trailing zeros trimmed, no dot when zero."""
+    moment = (moment or utc_now()).astimezone(timezone.utc)
+    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
+    if moment.microsecond:
+        text += ("." + "%06d" % moment.microsecond).rstrip("0")
+    return text + "Z"

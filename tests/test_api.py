@@ -116,7 +116,7 @@ ROUTES = [
     ("GET", "/plugins", ANY, 200), ("GET", "/skills", ANY, 200), ("GET", "/openapi.json", ANY, 200),
     ("GET", "/.well-known/ai-plugin.json", ANY, 200), ("GET", "/plugin/echo/openapi.json", ANY, 200),
     ("GET", "/plugin/echo", PLUGIN_READ, 200), ("POST", "/plugin/echo/health", PLUGIN_READ, 202),
-    ("POST", "/plugin/echo/poll", PLUGIN_WRITE, 202), ("POST", "/pipeline/anything", {"all", "plugin_rw"}, 501),
+    ("POST", "/plugin/echo/poll", PLUGIN_WRITE, 202), ("POST", "/pipeline/anything", {"all", "plugin_rw"}, 404),
     ("GET", "/job/{job}", JOBS, 200), ("GET", "/job/{job}/tree", JOBS, 200), ("GET", "/jobs", JOBS, 200),
     ("GET", "/job-logs", JOBS, 200), ("GET", "/scheduler/jobs", JOBS, 200), ("GET", "/analytics/queue", JOBS, 200),
     ("GET", "/analytics/summary", JOBS, 200), ("GET", "/config/view", {"all", "system_ro", "system_rw"}, 200),
