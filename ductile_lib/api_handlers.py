@@ -502,6 +502,9 @@ def config_view(req: ApiRequest):
         body["tokens"] = [_token_view(t) for t in cfg.tokens]
     if cfg.routes:
         body["routes"] = [{"From": r.from_plugin, "EventType": r.event_type, "To": r.to} for r in cfg.routes]
+    compiled = runtime.routing.view() if runtime.routing is not None else {}
+    if compiled:
+        body["compiled_routes"] = compiled
     return 200, body
 
 

@@ -38,7 +38,20 @@ def check_config(cfg: Config) -> CheckReport:
     except plugins.AliasError as exc:
         issues.extend(Issue("plugin_refs", problem, "plugins") for problem in exc.problems)
     issues.extend(runtime_issues(cfg, discovery))
+    issues.extend(pipeline_issues(cfg, discovery))
     return CheckReport(tuple(issues), discovery)
+
+
+def pipeline_issues(cfg: Config, discovery) -> list:
+    """Pipeline compile errors and warnings (category ``pipelines``; errors refuse start)."""
+    from ductile_lib.pipelines import PipelineError, compile_routing
+
+    try:
+        table = compile_routing(cfg, discovery.plugins)
+    except PipelineError as exc:
+        issues = [Issue("pipelines", p.message, p.field, p.location) for p in exc.problems]
+        return issues + [Issue("pipelines", w, "pipelines", severity="warning") for w in exc.warnings]
+    return [Issue("pipelines", w, "pipelines", severity="warning") for w in table.warnings]
 
 
 def runtime_issues(cfg: Config, discovery) -> list:

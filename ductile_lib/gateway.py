@@ -27,7 +27,7 @@ from ductile_lib.pidlock import LockHeld, PidLock
 from ductile_lib.queue import JobQueue
 from ductile_lib.router import Outcome, Router
 from ductile_lib.runtime import Runtime, build_runtime
-from ductile_lib.scheduler import Scheduler
+from ductile_lib.scheduler import Scheduler, terminal_hooks
 from ductile_lib.state import StateStore
 from ductile_lib.timefmt import now_ts
 
@@ -88,7 +88,7 @@ class Gateway:
         self.router = Router(self.queue)
         self.dispatcher = Dispatcher(lambda: self.runtime, self.queue, self.state, self.hub,
                                      on_terminal=self._on_terminal, router=self.router)
-        self.scheduler = Scheduler(lambda: self.runtime, self.queue, self.hub, self.dispatcher)
+        self.scheduler = Scheduler(lambda: self.runtime, self.queue, self.hub, self.dispatcher, router=self.router)
         self.scheduler.start()
         self.dispatcher.start()
         self._start_listeners(cfg)
@@ -238,11 +238,14 @@ class Gateway:
                 reasons[name] = 'plugin "%s" disabled by config reload' % name
         if not reasons:
             return
-        for job in self.queue.kill_queued(reasons):
+        writes, children = terminal_hooks(self.router, new, "reload")
+        for job in self.queue.kill_queued(reasons, extra_writes=writes):
             self.hub.publish("job.failed", {"job_id": job.id, "plugin": job.plugin, "status": "dead",
                                             "duration_ms": 0, "error": job.last_error,
                                             "message": "Job failed [%s]: %s" % (job.plugin, job.last_error),
                                             "text": "Job failed [%s]: %s" % (job.plugin, job.last_error)})
+        for child in children:
+            self.hub.publish("router.enqueued", child.event())
 
     def _init_newly_enabled(self, old: Runtime, new: Runtime) -> None:
         for name in new.enabled_plugins():

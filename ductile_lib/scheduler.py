@@ -45,12 +45,13 @@ class EntryRef:
 class Scheduler:
     """Evaluates schedule entries when due; runs housekeeping on each tick."""
 
-    def __init__(self, runtime, queue, hub, dispatcher, *, clock=utc_now, rng=None, log=None):
+    def __init__(self, runtime, queue, hub, dispatcher, *, clock=utc_now, rng=None, log=None, router=None):
         self._runtime = runtime  # () -> Runtime
         self.queue = queue
         self.db = queue.db
         self.hub = hub
         self.dispatcher = dispatcher
+        self.router = router  # fires hooks of jobs the scheduler cancels
         self.clock = clock
         self.rng = rng or random.Random()
         self.log = log or get_logger("scheduler")
@@ -343,12 +344,15 @@ class Scheduler:
         return None
 
     def _cancel_outstanding(self, ref: EntryRef) -> None:
-        for job in self.queue.cancel_outstanding(ref.plugin, ref.sched.command, CANCEL_REASON):
+        writes, children = terminal_hooks(self.router, self._runtime(), "cancelled")
+        for job in self.queue.cancel_outstanding(ref.plugin, ref.sched.command, CANCEL_REASON, extra_writes=writes):
             self.dispatcher.terminate(job.id)
             text = "Job failed [%s]: %s" % (job.plugin, CANCEL_REASON)
             self.hub.publish("job.failed", {"job_id": job.id, "plugin": job.plugin, "status": "dead",
                                             "duration_ms": job.duration_ms or 0, "error": CANCEL_REASON,
                                             "message": text, "text": text})
+        for child in children:
+            self.hub.publish("router.enqueued", child.event())
 
     def _fire(self, ref: EntryRef, row: EntryRow, now: datetime) -> None:
         sched = ref.sched
@@ -425,3 +429,17 @@ class Scheduler:
 def _zone(sched):
     return sched.timezone or None
 
+
+def terminal_hooks(router, runtime, reason: str):
+    """``(extra_writes, children)`` so jobs ended outside the dispatcher still fire hooks (§8)."""
+    children: list = []
+    if router is None:
+        return None, children
+
+    def writes(conn, job):
+        from ductile_lib.router import Outcome
+
+        outcome = Outcome(job.status, error=job.last_error or "", reason=reason)
+        children.extend(router.on_terminal(conn, runtime, job, outcome))
+
+    return writes, children

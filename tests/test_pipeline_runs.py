@@ -335,3 +335,27 @@ def test_broken_pipeline_refuses_start(tmp_path):
     assert result.code == 78
     assert 'pipeline "bad" step "s" references unknown plugin "ghost"' in result.err
     assert "pipeline call cycle detected" in result.err
+
+
+def test_config_check_reports_pipeline_errors(tmp_path, cli):
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({
+        "plugin_roots": [str(STEP_ROOT)], "plugins": {"p": {"uses": "step", "enabled": True}},
+        "pipelines": [{"name": "bad", "on": "x.y", "steps": [
+            {"id": "s", "uses": "p", "if": {"path": "payload.n", "op": "gt", "value": "5"}}]}]}))
+    result = cli("config", "check", "--config-dir", tmp_path, "--json")
+    assert result.code == 78
+    errors = result.json()["errors"]
+    assert any(e["category"] == "pipelines" and 'pipeline "bad"' in e["message"] for e in errors), errors
+
+
+def test_config_view_lists_compiled_routes(harness):
+    h = harness({"p1": {}, "p2": {}}, [{"name": "chain", "on": "chain.start", "steps": [{"uses": "p1"},
+                                                                                        {"uses": "p2"}]}])
+    conn = http.client.HTTPConnection("127.0.0.1", h.port, timeout=10)
+    conn.request("GET", "/config/view", headers={"Authorization": "Bearer " + TOKEN})
+    view = json.loads(conn.getresponse().read())
+    conn.close()
+    routes = view["compiled_routes"]["chain"]
+    ids = [r["id"] for r in routes]
+    assert "entry:step_1" in ids and "edge:step_1->step_2" in ids and any(i.startswith("terminal:step_2") for i in ids)
+    assert list(view)[-1] == "compiled_routes" and view["pipelines"] is None
