@@ -69,6 +69,7 @@ class _Run:
     job: object
     chain: int  # the emitting job's chain depth
     children: List[Child] = field(default_factory=list)
+    emitter: Optional[ContextRow] = None  # the emitting job's own context (names the upstream step)
 
 
 class Router:
@@ -83,7 +84,7 @@ class Router:
     def on_terminal(self, conn, runtime, job, outcome: Outcome) -> List[Child]:
         """Children and hook jobs of a job that just reached ``outcome.status``."""
         source = load_context(conn, job.event_context_id)
-        run = _Run(conn, runtime, job, source.chain_depth if source else 0)
+        run = _Run(conn, runtime, job, source.chain_depth if source else 0, emitter=source)
         if outcome.status == "succeeded":
             for event in self._events_to_route(job, source, outcome):
                 self._route_event(run, source, event)
@@ -147,19 +148,24 @@ class Router:
     # --- resolving nodes (§4.3) -------------------------------------------------------------
 
     def _follow(self, run: _Run, pipeline, edge, source: ContextRow, event: dict) -> None:
-        """A transition inside a run (budget applies)."""
-        if pipeline.max_depth > 0 and source.route_depth >= pipeline.max_depth:
-            self.log.warn("pipeline depth budget exhausted", pipeline=pipeline.name, step_id=source.step_id,
-                          route_depth=source.route_depth, route_max_depth=pipeline.max_depth)
-            self._stop_frames(run.conn, source, "depth budget exhausted")
-            return
+        """A transition inside a run; the budget guards jobs, never an arrival at a join (§4.6)."""
         target = pipeline.nodes.get(edge.target)
         if target is None:
             return
         if target.kind == "join":
             self._arrive(run, pipeline, target, source)
             return
+        if self._over_budget(run, pipeline, source):
+            return
         self._resolve(run, pipeline, target, source, event, "route", source.splits)
+
+    def _over_budget(self, run: _Run, pipeline, source: ContextRow) -> bool:
+        if pipeline.max_depth > 0 and source.route_depth >= pipeline.max_depth:
+            self.log.warn("pipeline depth budget exhausted", pipeline=pipeline.name, step_id=source.step_id,
+                          route_depth=source.route_depth, route_max_depth=pipeline.max_depth)
+            self._stop_frames(run.conn, source, "depth budget exhausted")
+            return True
+        return False
 
     def _resolve(self, run: _Run, pipeline, node, source: ContextRow, event: dict, submitted_by: str,
                  splits: list, claims_context: Optional[dict] = None) -> None:
@@ -199,7 +205,7 @@ class Router:
             control["splits"] = splits
         accumulated = self._accrete(source.accumulated, claimed, control)
         context = insert_context(run.conn, source.id, pipeline.name, node.id, accumulated)
-        payload = _with_upstream(event, run.job, source)
+        payload = _with_upstream(event, run.job, run.emitter)
         self._enqueue(run, plugin, command, payload, event, submitted_by, context, pipeline.name, node.id)
 
     def _accrete(self, parent: dict, claimed: dict, control: dict) -> dict:
@@ -237,7 +243,11 @@ class Router:
         entry_event = json.loads(frame["entry_event_json"])
         for edge in pipeline.successors(join.id, entry_event.get("type", "")):
             target = pipeline.nodes.get(edge.target)
-            if target is not None:
+            if target is None:
+                continue
+            if target.kind == "join":
+                self._arrive(run, pipeline, target, join_ctx)
+            elif not self._over_budget(run, pipeline, join_ctx):
                 self._resolve(run, pipeline, target, join_ctx, entry_event, "route", join_ctx.splits)
 
     def _merge_arrivals(self, conn, frame_id: str) -> list:
@@ -258,7 +268,7 @@ class Router:
         if not self._guards_pass(run, target, "handle", event, None, []):
             return
         context = insert_context(run.conn, None, "", "", {"ductile": {"chain_depth": run.chain + 1}})
-        payload = _with_upstream(event, run.job, None)
+        payload = _with_upstream(event, run.job, run.emitter)
         self._enqueue(run, target, "handle", payload, event, "route", context, "", "")
 
     def _fire_hooks(self, run: _Run, outcome: Outcome) -> None:
@@ -331,9 +341,12 @@ def _with_upstream(event: dict, job, source: Optional[ContextRow]) -> dict:
     """The child's stored envelope; its payload gains the ``ductile_upstream_*`` keys if absent."""
     payload = dict(event.get("payload") or {})
     if job is not None:
-        payload.setdefault("ductile_upstream_plugin", job.plugin)
-        payload.setdefault("ductile_upstream_pipeline", source.pipeline if source else "")
-        payload.setdefault("ductile_upstream_step_id", source.step_id if source else "")
+        upstream = {"ductile_upstream_plugin": job.plugin,
+                    "ductile_upstream_pipeline": source.pipeline if source else "",
+                    "ductile_upstream_step_id": source.step_id if source else ""}
+        for key, value in upstream.items():
+            if value:  # the original leaves empty upstream keys out
+                payload.setdefault(key, value)
     envelope = {"type": event["type"], "payload": payload}
     if event.get("dedupe_key"):
         envelope["dedupe_key"] = event["dedupe_key"]

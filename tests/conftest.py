@@ -118,3 +118,20 @@ def config_dir(tmp_path):
     root = tmp_path / "cfg"
     write_tree(root, {"config.yaml": config_text()})
     return root
+
+
+@pytest.fixture
+def harness(tmp_path):
+    """Build in-process gateways for pipeline scenarios (see test_pipeline_runs.Harness)."""
+    from test_pipeline_runs import Harness
+
+    made = []
+
+    def make(*args, **kwargs):
+        built = Harness(tmp_path / ("g%d" % len(made)), *args, **kwargs)
+        made.append(built)
+        return built
+
+    yield make
+    for built in made:
+        built.close()

@@ -4,13 +4,23 @@ import json
 import time
 from pathlib import Path
 
-import pytest
 import yaml
 
 from ductile_lib.gateway import Gateway
 
 STEP_ROOT = Path(__file__).resolve().parent / "pipeline_plugins"
 TOKEN = "pipeline-test-token"
+
+
+def post(port: int, path: str, body=None):
+    """POST JSON with the test token; ``(status, decoded body)``."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("POST", path, body=json.dumps(body).encode() if body is not None else None,
+                 headers={"Authorization": "Bearer " + TOKEN})
+    resp = conn.getresponse()
+    data = json.loads(resp.read() or b"null")
+    conn.close()
+    return resp.status, data
 
 
 class Harness:
@@ -41,13 +51,7 @@ class Harness:
         self.port = self.gateway.api_server.port
 
     def post(self, path: str, body=None):
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        conn.request("POST", path, body=json.dumps(body).encode() if body is not None else None,
-                     headers={"Authorization": "Bearer " + TOKEN})
-        resp = conn.getresponse()
-        data = json.loads(resp.read() or b"null")
-        conn.close()
-        return resp.status, data
+        return post(self.port, path, body)
 
     def root_job(self, plugin: str, payload=None) -> str:
         status, body = self.post("/plugin/%s/poll" % plugin, {"payload": payload or {}})
@@ -88,20 +92,6 @@ class Harness:
 
     def close(self):
         self.gateway.shutdown()
-
-
-@pytest.fixture
-def harness(tmp_path):
-    made = []
-
-    def make(*args, **kwargs):
-        h = Harness(tmp_path / ("g%d" % len(made)), *args, **kwargs)
-        made.append(h)
-        return h
-
-    yield make
-    for h in made:
-        h.close()
 
 
 def test_s1_chain_and_baggage(harness):

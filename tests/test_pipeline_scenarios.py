@@ -7,10 +7,9 @@ broken pipelines refusing ``system start``.
 """
 import http.client
 import json
-import os
+import signal
 import stat
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ import yaml
 from conftest import run_ductile
 from ductile_lib.logs import default_sink
 from test_gateway import GatewayProcess, rows, wait_for
-from test_pipeline_runs import STEP_ROOT, TOKEN, Harness, harness  # noqa: F401
+from test_pipeline_runs import STEP_ROOT, TOKEN, Harness, post
 
 IF_GO = {"path": "payload.go", "op": "eq", "value": True}
 
@@ -393,7 +392,25 @@ def test_s17_condition_typing_at_run_time(harness):
     ran = {j["plugin"] for j in h.jobs() if j["plugin"].startswith("g_")}
     assert ran == {"g_" + name for name, _, want in S17_CASES if want}
     assert all(j["status"] == "succeeded" for j in h.jobs())
+
+
+@pytest.mark.timeout(30)
+def test_final_split_joins_within_the_auto_budget(harness, logs):
+    # S11's last case `[a, split:[b, c]]`: auto budget 2 (a + one branch step), enough for the whole run.
+    h = harness({"pa": {}, "pb": {}, "pc": {}, "go": {"emit": [{"type": "tail.go"}]}},
+                [{"name": "tail", "on": "tail.go", "steps": [
+                    {"id": "a", "uses": "pa"}, {"split": [{"id": "b", "uses": "pb"}, {"id": "c", "uses": "pc"}]}]}])
+    h.root_job("go")
+    h.wait_idle()
+    run = pipeline_jobs(h, "tail")
+    assert sorted(j["plugin"] for j in run) == ["pa", "pb", "pc"]
+    assert {j["accumulated"]["ductile"]["route_max_depth"] for j in run} == {2}
+    assert all(j["status"] == "succeeded" for j in h.jobs())
+    assert not logs.records("pipeline depth budget exhausted")
+    assert not logs.records("split stopped; join will not fire")
     assert h.rows("SELECT status FROM split_frames") == [{"status": "joined"}]
+    assert len(h.rows("SELECT * FROM split_arrivals")) == 2
+    assert len(h.rows("SELECT id FROM event_context WHERE step_id = 'group_1__join'")) == 1
 
 
 # --- S1 crash -----------------------------------------------------------------------------------------------
@@ -402,16 +419,6 @@ def test_s17_condition_typing_at_run_time(harness):
 def _port(gw: GatewayProcess) -> int:
     lines = wait_for(lambda: [r for r in gw.lines() if r["msg"] == "api listening"], 10, "api listening line")
     return int(lines[-1]["port"])
-
-
-def _post(port: int, path: str, body=None):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    conn.request("POST", path, body=json.dumps(body).encode() if body is not None else None,
-                 headers={"Authorization": "Bearer " + TOKEN})
-    resp = conn.getresponse()
-    data = json.loads(resp.read() or b"null")
-    conn.close()
-    return resp.status, data
 
 
 @pytest.mark.timeout(60)
@@ -443,7 +450,7 @@ def test_s1_crash_while_p1_runs_reruns_p1_once_and_p2_once(tmp_path):
 
     first = GatewayProcess(root, root / "first.log")
     try:
-        status, body = _post(_port(first), "/plugin/trigger/poll", {"payload": {}})
+        status, body = post(_port(first), "/plugin/trigger/poll", {"payload": {}})
         assert status == 202, body
         wait_for(lambda: rows(db, "SELECT 1 FROM job_queue WHERE plugin='p1' AND status='running'") and seen("p1"),
                  20, "p1 running")
@@ -472,7 +479,7 @@ def test_s1_crash_while_p1_runs_reruns_p1_once_and_p2_once(tmp_path):
         payload = seen("p2")[0]["event"]["payload"]
         assert payload["origin_user"] == "matt" and payload["ductile_upstream_step_id"] == "s1"
         assert rows(db, "SELECT attempt FROM job_log WHERE job_id = ? AND status = 'succeeded'", (p1[0],)) == [(2,)]
-        second.signal(15)
+        second.signal(signal.SIGTERM)
         assert second.wait(30) == 0
     finally:
         second.kill()
@@ -526,9 +533,11 @@ def test_default_max_concurrent_sync_is_10(harness):
              10, "10 synchronous runs in flight")
     before = h.rows("SELECT COUNT(*) AS n FROM job_queue")[0]["n"]
     assert before == 10
+    contexts = h.rows("SELECT COUNT(*) AS n FROM event_context")[0]["n"]
     status, body = h.post("/pipeline/slowsync", {"payload": {"i": 10}})
     assert (status, body) == (503, {"error": "too many concurrent synchronous requests"})
     assert h.rows("SELECT COUNT(*) AS n FROM job_queue")[0]["n"] == before
+    assert h.rows("SELECT COUNT(*) AS n FROM event_context")[0]["n"] == contexts
     for t in threads:
         t.join(30)
     assert all(r is not None for r in results)
@@ -574,7 +583,27 @@ def test_bad_if_refuses_start(tmp_path):
                            [{"name": "pif", "on": "x.go", "steps": [
                                {"id": "s", "uses": "p", "if": {"path": "payload.n", "op": "gt", "value": "5"}}]}])
     assert result.code == 78, result
-    lines = [line for line in result.err.splitlines() if 'pipeline "pif"' in line]
-    assert lines, result
-    assert any("if.value" in line and ("steps[0]" in line or 'step "s"' in line) for line in lines), result
+    # Condition errors carry their location: pipeline, step position, condition path (§2.3, §5.1).
+    assert 'pipeline "pif": steps[0]: if.value: ' in result.err, result
     assert "ductile running" not in result.out
+
+
+# --- §4.4 upstream markers on a triggered run ---------------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+def test_triggered_entry_payload_names_the_emitting_step(harness):
+    # §4.2/§4.4: for an event of job J (pipeline P, step S) every child payload gains, if absent,
+    # ductile_upstream_plugin (J's plugin), ductile_upstream_pipeline (P), ductile_upstream_step_id (S).
+    h = harness({"emitter": {"emit": [{"type": "work.ready"}]}, "worker": {}},
+                [{"name": "producer", "on": "produce.go", "steps": [{"id": "emit", "uses": "emitter"}]},
+                 {"name": "consumer", "on": "work.ready", "steps": [{"id": "work", "uses": "worker"}]}])
+    assert h.post("/pipeline/producer", {"payload": {}})[0] == 202
+    h.wait_idle()
+    (worker,) = pipeline_jobs(h, "consumer")
+    (emitter,) = pipeline_jobs(h, "producer")
+    assert worker["parent_job_id"] == emitter["id"]
+    stored = json.loads(h.rows("SELECT payload FROM job_queue WHERE id = ?", (worker["id"],))[0]["payload"])
+    upstream = {k: v for k, v in stored["payload"].items() if k.startswith("ductile_upstream_")}
+    assert upstream == {"ductile_upstream_plugin": "emitter", "ductile_upstream_pipeline": "producer",
+                        "ductile_upstream_step_id": "emit"}
