@@ -349,3 +349,53 @@ def test_config_view_lists_compiled_routes(harness):
     ids = [r["id"] for r in routes]
     assert "entry:step_1" in ids and "edge:step_1->step_2" in ids and any(i.startswith("terminal:step_2") for i in ids)
     assert list(view)[-1] == "compiled_routes" and view["pipelines"] is None
+
+
+def test_s11_failed_branch_stops_the_frame(harness):
+    h = harness({"pa": {}, "b": {"fail": True}, "worker": {}, "pc2": {}, "pd": {}},
+                [{"name": "sjf", "on": "split.go", "execution_mode": "synchronous", "timeout": "20s", "steps": [
+                    {"id": "a", "uses": "pa"},
+                    {"split": [{"id": "b", "uses": "b"},
+                               {"steps": [{"id": "c1", "uses": "worker"}, {"id": "c2", "uses": "pc2"}]}]},
+                    {"id": "d", "uses": "pd"}]}])
+    status, body = h.post("/pipeline/sjf")
+    assert status == 200 and body["status"] == "failed"
+    h.wait_idle()
+    assert h.rows("SELECT status FROM split_frames") == [{"status": "stopped"}]
+    assert len(h.jobs("worker")) == 1 and len(h.jobs("pc2")) == 1 and not h.jobs("pd")
+
+
+def test_s15_routing_error_rolls_back_every_child(harness):
+    h = harness({"two": {"emit": [{"type": "first.ok", "payload": {"url": "u"}}, {"type": "second.bad"}]},
+                 "t1": {}, "t2": {}},
+                [{"name": "one", "on": "first.ok", "steps": [{"uses": "t1"}]},
+                 {"name": "bad", "on": "second.bad", "steps": [{"uses": "t2", "baggage": {"web.url": "payload.url"}}]}])
+    root = h.root_job("two")
+    h.wait_idle()
+    (job,) = h.jobs("two")
+    assert job["id"] == root and job["status"] == "failed" and job["attempt"] == 1
+    assert job["last_error"].startswith("failed to route events: ") and "path not found" in job["last_error"]
+    assert not h.jobs("t1") and not h.jobs("t2") and not h.rows("SELECT id FROM event_context")
+
+
+def test_s18_budget_is_per_run(harness):
+    h = harness({"a1": {"emit": [{"type": "b.go"}]}, "b1": {}, "b2": {}, "go": {"emit": [{"type": "a.go"}]}},
+                [{"name": "A", "on": "a.go", "steps": [{"uses": "a1"}]},
+                 {"name": "B", "on": "b.go", "steps": [{"uses": "b1"}, {"uses": "b2"}]}])
+    h.root_job("go")
+    h.wait_idle()
+    control = {j["plugin"]: h.context(j["event_context_id"])["accumulated"]["ductile"] for j in h.jobs()
+               if j["event_context_id"]}
+    assert (control["a1"]["route_depth"], control["a1"]["route_max_depth"], control["a1"]["chain_depth"]) == (1, 1, 1)
+    assert (control["b1"]["route_depth"], control["b1"]["route_max_depth"], control["b1"]["chain_depth"]) == (1, 2, 2)
+    assert len(h.jobs("b2")) == 1
+
+
+def test_s19_route_cycle_stops_at_chain_depth(harness):
+    h = harness({"ping": {"emit": [{"type": "tick"}]}, "pong": {"emit": [{"type": "tock"}]}}, [],
+                routes=[{"from": "ping", "event_type": "tick", "to": "pong"},
+                        {"from": "pong", "event_type": "tock", "to": "ping"}], service={"max_chain_depth": 3})
+    h.root_job("ping")
+    h.wait_idle()
+    jobs = h.jobs()
+    assert len(jobs) == 4 and all(j["status"] == "succeeded" for j in jobs)
