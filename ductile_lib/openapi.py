@@ -16,7 +16,6 @@ documents without ``sort_keys``.
 """
 from __future__ import annotations
 
-import functools
 
 import copy
 from dataclasses import dataclass, field
@@ -182,7 +181,8 @@ def match_route(method: str, path: str, routes: Iterable[RouteDoc] = API_ROUTES
     allowed: List[str] = []
     best: Optional[RouteDoc] = None
     best_params: Dict[str, str] = {}
-    for route, template in _templates(tuple(routes)).get(len(actual), ()):
+    grouped = _API_TEMPLATES if routes is API_ROUTES else _templates(tuple(routes))
+    for route, template in grouped.get(len(actual), ()):
         params = _fit(template, actual)
         if params is None:
             continue
@@ -193,9 +193,8 @@ def match_route(method: str, path: str, routes: Iterable[RouteDoc] = API_ROUTES
     return best, best_params, tuple(allowed)
 
 
-@functools.lru_cache(maxsize=8)
 def _templates(routes: Tuple[RouteDoc, ...]) -> Dict[int, List[Tuple[RouteDoc, List[str]]]]:
-    """Route templates grouped by segment count (computed once per route table)."""
+    """Route templates grouped by segment count (the served table's is computed once, below)."""
     grouped: Dict[int, List[Tuple[RouteDoc, List[str]]]] = {}
     for route in routes:
         template = route.segments()
@@ -312,3 +311,6 @@ def _payload_body(payload_schema: object) -> dict:
 
 def _bearer() -> List[dict]:
     return [{SECURITY_SCHEME: []}]
+
+
+_API_TEMPLATES = _templates(API_ROUTES)

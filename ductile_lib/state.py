@@ -97,6 +97,10 @@ class StateStore:
         with self.db.read() as conn:
             return self._read_state(conn, plugin, "failed to load plugin state")
 
+    def read_state(self, conn: sqlite3.Connection, plugin: str) -> dict:
+        """``get_state`` inside a caller's open transaction."""
+        return self._read_state(conn, plugin, "failed to load plugin state")
+
     @staticmethod
     def _read_state(conn: sqlite3.Connection, plugin: str, error_prefix: str) -> dict:
         row = conn.execute("SELECT state FROM plugin_state WHERE plugin_name = ?", (plugin,)).fetchone()
