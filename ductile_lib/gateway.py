@@ -56,6 +56,7 @@ class Gateway:
         self.lock: Optional[PidLock] = None
         self.queue = self.state = self.scheduler = self.dispatcher = None
         self.api_server = self.webhook_server = None
+        self.router: Optional[Router] = None
         self._signal = threading.Event()
         self._stop_requested = False
         self._reload_requested = False
@@ -84,8 +85,8 @@ class Gateway:
         self.runtime = replace(runtime, snapshot_id=self._record_snapshot(cfg, "startup"))
         self.queue = JobQueue(self.db)
         self.state = StateStore(self.db)
-        self._recover_orphans()
         self.router = Router(self.queue)
+        self._recover_orphans()
         self.dispatcher = Dispatcher(lambda: self.runtime, self.queue, self.state, self.hub,
                                      on_terminal=self._on_terminal, router=self.router)
         self.scheduler = Scheduler(lambda: self.runtime, self.queue, self.hub, self.dispatcher, router=self.router)
@@ -137,7 +138,7 @@ class Gateway:
 
         def hooks(conn, job):
             outcome = Outcome("dead", error=job.last_error or "", reason="recovery", recovery=True)
-            children.extend(Router(self.queue).on_terminal(conn, self.runtime, job, outcome))
+            children.extend(self.router.on_terminal(conn, self.runtime, job, outcome))
 
         report = self.queue.recover_orphans(extra_writes=hooks)
         for child in children:
