@@ -122,29 +122,20 @@ def skills(req: ApiRequest):
                          "tier": "READ" if command.type == "read" else "WRITE",
                          "plugin": plugin.name, "command": command.name})
             items.append(item)
-    for pipeline in sorted(_pipelines(req), key=lambda p: str(p.get("name"))):
-        items.append(_pipeline_skill(pipeline))
+    routing = req.ctx.runtime().routing
+    for name in sorted(routing.pipelines) if routing is not None else ():
+        items.append(_pipeline_skill(routing.pipelines[name]))
     return 200, {"skills": items}
 
 
-def _pipeline_skill(pipeline: dict) -> dict:
-    name = str(pipeline.get("name", "")).strip()
-    item = {"name": "pipeline.%s" % name, "kind": "pipeline", "endpoint": "/pipeline/%s" % name, "pipeline": name}
-    if pipeline.get("on"):
-        item["trigger"] = str(pipeline["on"])
-    mode = pipeline.get("execution_mode")
-    item["execution_mode"] = "synchronous" if mode == "synchronous" else "asynchronous"
-    item["timeout_secs"] = _pipeline_timeout_secs(pipeline)
+def _pipeline_skill(pipeline) -> dict:
+    item = {"name": "pipeline.%s" % pipeline.name, "kind": "pipeline", "endpoint": "/pipeline/%s" % pipeline.name,
+            "pipeline": pipeline.name}
+    if pipeline.on:
+        item["trigger"] = pipeline.on
+    item["execution_mode"] = "synchronous" if pipeline.execution_mode == "synchronous" else "asynchronous"
+    item["timeout_secs"] = int(pipeline.timeout_s)
     return item
-
-
-def _pipeline_timeout_secs(pipeline: dict) -> int:
-    from ductile_lib.durations import DurationError, parse_duration
-
-    try:
-        return int(parse_duration(pipeline.get("timeout") or "30s").seconds)
-    except DurationError:
-        return 30
 
 
 def openapi_document(req: ApiRequest):
@@ -176,10 +167,6 @@ def _plugin_or_404(req: ApiRequest, name: str):
     if plugin is None:
         raise HttpError(404, "plugin not found")
     return plugin
-
-
-def _pipelines(req: ApiRequest) -> list:
-    return [p for p in req.ctx.runtime().config.pipelines if isinstance(p, dict) and p.get("name")]
 
 
 # --- triggering (§4.4, §4.5) ----------------------------------------------------------

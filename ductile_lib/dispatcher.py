@@ -19,6 +19,7 @@ from typing import Callable, Optional
 
 from ductile_lib import runner, steps
 from ductile_lib.context_store import load_context
+from ductile_lib.events import terminal_failure_event
 from ductile_lib.logs import get_logger
 from ductile_lib.queue import JobNotRunning
 from ductile_lib.router import SWITCH_PLUGIN, Outcome, RoutingError
@@ -439,12 +440,7 @@ class JobExecution:
         self._finished(status, error=error)
 
     def _publish_terminal(self, status: str, error: str, timed_out: bool = False) -> None:
-        job = self.job
-        kind, text = ("job.timed_out", "Job timed out [%s]" % job.plugin) if timed_out else \
-            ("job.failed", "Job failed [%s]: %s" % (job.plugin, error) if error else "Job failed [%s]" % job.plugin)
-        self.d.hub.publish(kind, {"job_id": job.id, "plugin": job.plugin, "status": status,
-                                  "duration_ms": self._duration_ms(), "error": error or "", "message": text,
-                                  "text": text})
+        self.d.hub.publish(*terminal_failure_event(self.job, status, error, self._duration_ms(), timed_out))
 
     def _finished(self, status: str, error: str = None) -> None:
         job = self.job

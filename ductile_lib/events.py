@@ -146,3 +146,14 @@ def _timestamp_ns(moment) -> str:
     """UTC RFC 3339 with a 9-digit fraction (microseconds padded)."""
     return "%04d-%02d-%02dT%02d:%02d:%02d.%06d000Z" % (moment.year, moment.month, moment.day, moment.hour,
                                                       moment.minute, moment.second, moment.microsecond)
+
+
+def terminal_failure_event(job, status: str, error: str, duration_ms: int = 0, timed_out: bool = False):
+    """``(type, data)`` of the hub's ``job.failed`` / ``job.timed_out`` event (spec 20 §10)."""
+    if timed_out:
+        kind, text = "job.timed_out", "Job timed out [%s]" % job.plugin
+    else:
+        kind = "job.failed"
+        text = "Job failed [%s]: %s" % (job.plugin, error) if error else "Job failed [%s]" % job.plugin
+    return kind, {"job_id": job.id, "plugin": job.plugin, "status": status, "duration_ms": duration_ms,
+                  "error": error or "", "message": text, "text": text}

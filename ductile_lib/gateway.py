@@ -20,14 +20,14 @@ from ductile_lib.config_load import ConfigError
 from ductile_lib.config_view import display_tree
 from ductile_lib.db import Database, DatabaseError
 from ductile_lib.dispatcher import Dispatcher
-from ductile_lib.events import EventHub
+from ductile_lib.events import EventHub, terminal_failure_event
 from ductile_lib.hashing import blake3_hex
 from ductile_lib.logs import default_sink, get_logger
 from ductile_lib.pidlock import LockHeld, PidLock
 from ductile_lib.queue import JobQueue
-from ductile_lib.router import Outcome, Router
+from ductile_lib.router import Outcome, Router, terminal_hooks
 from ductile_lib.runtime import Runtime, build_runtime
-from ductile_lib.scheduler import Scheduler, terminal_hooks
+from ductile_lib.scheduler import Scheduler
 from ductile_lib.state import StateStore
 from ductile_lib.timefmt import now_ts
 
@@ -241,10 +241,7 @@ class Gateway:
             return
         writes, children = terminal_hooks(self.router, new, "reload")
         for job in self.queue.kill_queued(reasons, extra_writes=writes):
-            self.hub.publish("job.failed", {"job_id": job.id, "plugin": job.plugin, "status": "dead",
-                                            "duration_ms": 0, "error": job.last_error,
-                                            "message": "Job failed [%s]: %s" % (job.plugin, job.last_error),
-                                            "text": "Job failed [%s]: %s" % (job.plugin, job.last_error)})
+            self.hub.publish(*terminal_failure_event(job, "dead", job.last_error))
         for child in children:
             self.hub.publish("router.enqueued", child.event())
 

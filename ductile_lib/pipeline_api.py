@@ -55,23 +55,8 @@ def _event(pipeline, body) -> dict:
 
 
 def entry_plugins(pipeline) -> list:
-    """Plugins of the entry dispatches: a fork's branch entries count, one each."""
-    plugins = []
-    for node_id in pipeline.entries:
-        plugins.extend(_dispatch_plugins(pipeline, node_id))
-    return plugins
-
-
-def _dispatch_plugins(pipeline, node_id: str) -> list:
-    node = pipeline.nodes[node_id]
-    if node.kind == "fork":
-        return [p for edge in pipeline.edges if edge.source == node_id and edge.target
-                for p in _dispatch_plugins(pipeline, edge.target)]
-    if node.kind == "switch":
-        return [SWITCH_PLUGIN]
-    if node.kind == "join":
-        return []
-    return [node.plugin]
+    """Plugins of the entry dispatches (a starting split counts one per branch)."""
+    return [pipeline.nodes[node_id].plugin for node_id in pipeline.entry_dispatches()]
 
 
 def _run(req, runtime, pipeline, event: dict, sync: bool):

@@ -185,8 +185,7 @@ class Router:
 
     def _job_node(self, run: _Run, pipeline, node, source: ContextRow, event: dict, submitted_by: str,
                   splits: list, claims_context: Optional[dict]) -> None:
-        plugin = SWITCH_PLUGIN if node.kind == "switch" else node.plugin
-        command = "handle" if node.kind == "switch" else (node.command or "handle")
+        plugin, command = node.plugin, node.command or "handle"  # a switch node is core.switch/handle
         if not self._guards_pass(run, plugin, command, event, source, splits):
             return
         claimed = {}
@@ -383,3 +382,20 @@ def hook_event(signal: str, job, outcome: Outcome) -> dict:
     payload["message"] = payload["text"] = text
     return {"type": signal, "payload": payload, "source": job.plugin, "timestamp": _now_text(),
             "event_id": str(uuid.uuid4())}
+
+
+def terminal_hooks(router, runtime, reason: str):
+    """``(extra_writes, children)`` so jobs ended outside the dispatcher still fire hooks (§8).
+
+    Used for scheduler cancels and reload kills: the queue calls
+    ``extra_writes`` inside the transaction that ends each job.
+    """
+    children: list = []
+    if router is None:
+        return None, children
+
+    def writes(conn, job):
+        outcome = Outcome(job.status, error=job.last_error or "", reason=reason)
+        children.extend(router.on_terminal(conn, runtime, job, outcome))
+
+    return writes, children

@@ -18,6 +18,8 @@ from typing import Optional
 
 from ductile_lib import breakers, schedule
 from ductile_lib.durations import to_timedelta as _delta
+from ductile_lib.events import terminal_failure_event
+from ductile_lib.router import terminal_hooks
 from ductile_lib.logs import get_logger
 from ductile_lib.schedule_entries import EntryRow, load_entry, newest_terminal_job, save_entry
 from ductile_lib.timefmt import format_ts, parse_ts_or_none as schedule_ts, utc_now
@@ -347,10 +349,7 @@ class Scheduler:
         writes, children = terminal_hooks(self.router, self._runtime(), "cancelled")
         for job in self.queue.cancel_outstanding(ref.plugin, ref.sched.command, CANCEL_REASON, extra_writes=writes):
             self.dispatcher.terminate(job.id)
-            text = "Job failed [%s]: %s" % (job.plugin, CANCEL_REASON)
-            self.hub.publish("job.failed", {"job_id": job.id, "plugin": job.plugin, "status": "dead",
-                                            "duration_ms": job.duration_ms or 0, "error": CANCEL_REASON,
-                                            "message": text, "text": text})
+            self.hub.publish(*terminal_failure_event(job, "dead", CANCEL_REASON, job.duration_ms or 0))
         for child in children:
             self.hub.publish("router.enqueued", child.event())
 
@@ -428,18 +427,3 @@ class Scheduler:
 
 def _zone(sched):
     return sched.timezone or None
-
-
-def terminal_hooks(router, runtime, reason: str):
-    """``(extra_writes, children)`` so jobs ended outside the dispatcher still fire hooks (§8)."""
-    children: list = []
-    if router is None:
-        return None, children
-
-    def writes(conn, job):
-        from ductile_lib.router import Outcome
-
-        outcome = Outcome(job.status, error=job.last_error or "", reason=reason)
-        children.extend(router.on_terminal(conn, runtime, job, outcome))
-
-    return writes, children

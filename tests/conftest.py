@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
@@ -46,6 +47,17 @@ def cli(monkeypatch):
         return CliResult(code, out.getvalue(), err.getvalue())
 
     return run
+
+
+def wait_for(predicate, timeout=30.0, what="condition", interval=0.05):
+    """Poll ``predicate`` until it returns something truthy (returned), or fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("timed out waiting for %s" % what)
 
 
 def run_ductile(*args, env: dict = None, timeout: float = 60) -> CliResult:

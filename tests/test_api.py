@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ECHO_PLUGIN_ROOT, write_tree
+from conftest import ECHO_PLUGIN_ROOT, wait_for, write_tree
 from ductile_lib.gateway import Gateway
 from ductile_lib.hashing import blake3_hex
 
@@ -97,13 +97,11 @@ def job_id(client):
 
 
 def wait_job(client, job_id, timeout=20):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status, body, _ = client.request("GET", "/job/" + job_id, "tok-all")
-        if body.get("status") in ("succeeded", "failed", "dead"):
-            return body
-        time.sleep(0.05)
-    raise AssertionError("job did not finish")
+    def finished():
+        body = client.request("GET", "/job/" + job_id, "tok-all")[1]
+        return body if body.get("status") in ("succeeded", "failed", "dead") else None
+
+    return wait_for(finished, timeout, "job %s to finish" % job_id)
 
 
 # --- the scope matrix ---------------------------------------------------------------------

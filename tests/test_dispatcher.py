@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_tree
+from conftest import wait_for, write_tree
 from ductile_lib.config import load_config
 from ductile_lib.db import Database
 from ductile_lib.dispatcher import Dispatcher
@@ -175,9 +175,7 @@ def test_workers_respect_max_workers(engine):
 
 def test_interrupt_requeues_with_attempt_kept(engine):
     job_id = engine.submit(payload={"mode": "sleep", "seconds": 20})
-    deadline = time.monotonic() + 10
-    while engine.queue.get(job_id).status != "running" and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_for(lambda: engine.queue.get(job_id).status == "running", 10, "the job to start")
     engine.dispatcher.stop_intake()
     assert not engine.dispatcher.drain(0.2)
     engine.dispatcher.interrupt_all()

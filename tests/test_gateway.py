@@ -5,26 +5,14 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import EXAMPLES, PROJECT, write_tree
+from conftest import EXAMPLES, PROJECT, wait_for, write_tree
 
 ENGINE_PLUGINS = Path(__file__).resolve().parent / "engine_plugins"
 TERMINAL = ("succeeded", "failed", "dead")
-
-
-def wait_for(predicate, timeout=30.0, what="condition"):
-    """Poll ``predicate`` until truthy or the deadline passes."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting for %s" % what)
 
 
 class GatewayProcess:

@@ -17,7 +17,8 @@ import yaml
 
 from conftest import run_ductile
 from ductile_lib.logs import default_sink
-from test_gateway import GatewayProcess, rows, wait_for
+from conftest import wait_for
+from test_gateway import GatewayProcess, rows
 from test_pipeline_runs import STEP_ROOT, TOKEN, Harness, post
 
 IF_GO = {"path": "payload.go", "op": "eq", "value": True}
